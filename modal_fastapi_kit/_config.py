@@ -1,0 +1,474 @@
+"""Frozen, validated service configuration and its named defaults.
+
+``ServiceConfig`` is what ``@gpu_service(...)`` records on a class. It is built once, at
+decoration time, and every field is checked there: a bad option fails where it is written,
+with the value echoed and the fix spelled out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._errors import ConfigError
+
+__all__ = [
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_CONCURRENT_INPUTS",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_ROUTE",
+    "DEFAULT_SCALEDOWN_WINDOW",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_WAIT_MS",
+    "DEFAULT_WEB_MAX_INPUTS",
+    "KNOWN_GPUS",
+    "RetryPolicy",
+    "ServiceConfig",
+    "Topology",
+]
+
+DEFAULT_ROUTE = "/predict"
+DEFAULT_MAX_BATCH_SIZE = 1
+DEFAULT_WAIT_MS = 5.0
+DEFAULT_MAX_CONCURRENT_INPUTS = 64
+DEFAULT_MAX_QUEUE_SIZE = 1024
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# Modal cuts web requests at 150 s; a deadline below that answers 504 before the client
+# gets Modal's 303 redirect.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = 300
+DEFAULT_SCALEDOWN_WINDOW = 120
+DEFAULT_WEB_MAX_INPUTS = 256
+
+MODAL_WEB_TIMEOUT = 150.0
+MAX_MODAL_BATCH_SIZE = 1000
+MAX_MODAL_WAIT_MS = 600_000
+MAX_GPU_COUNT = 8
+
+# GPU type names Modal accepts (case-insensitive), as in `gpu="A10"` or `gpu="H100:2"`.
+KNOWN_GPUS = (
+    "T4",
+    "L4",
+    "A10",
+    "A10G",
+    "A100",
+    "A100-40GB",
+    "A100-80GB",
+    "L40S",
+    "H100",
+    "H100!",
+    "H200",
+    "B200",
+    "B200+",
+    "RTX-PRO-6000",
+    "ANY",
+)
+
+Topology = Literal["split", "colocated"]
+TOPOLOGIES: tuple[Topology, ...] = ("split", "colocated")
+
+# Names Modal itself has retired: a user who reaches for them gets the new spelling.
+RENAMED_OPTIONS = {
+    "keep_warm": "min_containers",
+    "concurrency_limit": "max_containers",
+    "container_idle_timeout": "scaledown_window",
+    "allow_concurrent_inputs": "max_concurrent_inputs",
+    "path": "route",
+    "batch_size": "max_batch_size",
+    "max_wait_ms": "wait_ms",
+    "batch_wait_ms": "wait_ms",
+    "pip": "packages",
+    "pip_packages": "packages",
+    "image_packages": "packages",
+}
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_HOST_RE = re.compile(
+    r"^(\*\.)?(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", re.IGNORECASE
+)
+_ROUTE_RE = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+_PY_RE = re.compile(r"^3\.(1[0-9])$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Retries for the GPU class on Modal; maps to ``modal.Retries``.
+
+    Only failed *inputs* are retried by Modal (a crash or an exception in ``predict``), never
+    a web request: Modal rejects retries on web functions.
+    """
+
+    max_retries: int
+    backoff_coefficient: float = 2.0
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def __post_init__(self) -> None:
+        _check(
+            isinstance(self.max_retries, int) and 0 <= self.max_retries <= 10,
+            "RetryPolicy.max_retries",
+            self.max_retries,
+            "an int from 0 to 10 (Modal's bounds)",
+        )
+        _check(
+            1.0 <= self.backoff_coefficient <= 10.0,
+            "RetryPolicy.backoff_coefficient",
+            self.backoff_coefficient,
+            "a number from 1.0 to 10.0",
+        )
+        _check(
+            0.0 <= self.initial_delay <= 60.0,
+            "RetryPolicy.initial_delay",
+            self.initial_delay,
+            "seconds from 0 to 60",
+        )
+        _check(
+            1.0 <= self.max_delay <= 60.0,
+            "RetryPolicy.max_delay",
+            self.max_delay,
+            "seconds from 1 to 60",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    """Everything ``@gpu_service`` knows about a service. Built only through the decorator."""
+
+    # -- identity and HTTP ------------------------------------------------------------------
+    name: str
+    route: str = DEFAULT_ROUTE
+    # -- batching and concurrency -----------------------------------------------------------
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    wait_ms: float = DEFAULT_WAIT_MS
+    max_concurrent_inputs: int = DEFAULT_MAX_CONCURRENT_INPUTS
+    target_concurrent_inputs: int | None = None
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    # -- limits and deadlines ---------------------------------------------------------------
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    # -- Modal GPU class ----------------------------------------------------------------------
+    gpu: str | tuple[str, ...] | None = None
+    cpu: float | None = None
+    memory: int | None = None
+    timeout: int = DEFAULT_TIMEOUT
+    startup_timeout: int | None = None
+    retries: int | RetryPolicy = 0
+    min_containers: int = 0
+    max_containers: int | None = None
+    buffer_containers: int | None = None
+    scaledown_window: int = DEFAULT_SCALEDOWN_WINDOW
+    secrets: tuple[str, ...] = ()
+    volumes: Mapping[str, str] = field(default_factory=dict)
+    hf_cache_volume: str | None = None
+    region: str | tuple[str, ...] | None = None
+    cloud: str | None = None
+    enable_memory_snapshot: bool = False
+    # -- Modal image --------------------------------------------------------------------------
+    python_version: str | None = None
+    packages: tuple[str, ...] = ()
+    apt_packages: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    local_sources: tuple[str, ...] = ()
+    # -- Modal web endpoint -------------------------------------------------------------------
+    topology: Topology = "split"
+    label: str | None = None
+    custom_domains: tuple[str, ...] = ()
+    requires_proxy_auth: bool = False
+    web_max_inputs: int = DEFAULT_WEB_MAX_INPUTS
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> ServiceConfig:
+        """Build a config from ``@gpu_service`` keyword options, normalising sequences."""
+        check_option_names(options)
+        normalised = {k: _normalise(k, v) for k, v in options.items()}
+        return cls(**normalised)
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 1
+
+    @property
+    def gpus(self) -> tuple[str, ...]:
+        """The GPU choices in order of preference; empty for a CPU service."""
+        if self.gpu is None:
+            return ()
+        return (self.gpu,) if isinstance(self.gpu, str) else self.gpu
+
+
+def option_names() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(ServiceConfig))
+
+
+def check_option_names(options: Iterable[str]) -> None:
+    """Reject unknown option names, suggesting the right one."""
+    known = option_names()
+    for name in options:
+        if name in known:
+            continue
+        if name in RENAMED_OPTIONS:
+            fix = f"use {RENAMED_OPTIONS[name]}= instead"
+        else:
+            close = difflib.get_close_matches(name, known, n=1)
+            fix = f"did you mean {close[0]}=?" if close else f"known options: {', '.join(known)}"
+        raise ConfigError(f"@gpu_service got an unknown option {name!r}: {fix}")
+
+
+_TUPLE_FIELDS = {"secrets", "packages", "apt_packages", "local_sources", "custom_domains"}
+
+
+def _normalise(name: str, value: Any) -> Any:
+    if name == "custom_domains" and isinstance(value, str):
+        raise ConfigError(
+            f"custom_domains={value!r} is a string; pass a list of hostnames: "
+            f"custom_domains=[{value!r}]"
+        )
+    if name in _TUPLE_FIELDS and isinstance(value, str):
+        raise ConfigError(f"{name}={value!r} is a string; pass a list: {name}=[{value!r}]")
+    if name in _TUPLE_FIELDS or (name in ("gpu", "region") and isinstance(value, list | tuple)):
+        return tuple(value)
+    if name in ("env", "volumes") and isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+def _check(ok: bool, name: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is invalid: expected {expected}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _validate(c: ServiceConfig) -> None:
+    _check(
+        isinstance(c.name, str) and bool(_NAME_RE.match(c.name)),
+        "name",
+        c.name,
+        "lowercase letters, digits and '-', at most 63 characters, e.g. 'embeddings-api'",
+    )
+    _validate_route(c.route)
+    _validate_batching(c)
+    _check(
+        _is_int(c.max_body_bytes) and c.max_body_bytes > 0,
+        "max_body_bytes",
+        c.max_body_bytes,
+        "a positive int of bytes, e.g. 1_048_576 for 1 MiB",
+    )
+    _check(
+        _is_number(c.request_timeout) and 0 < c.request_timeout <= MODAL_WEB_TIMEOUT,
+        "request_timeout",
+        c.request_timeout,
+        f"seconds in (0, {MODAL_WEB_TIMEOUT:g}]; Modal cuts web requests at 150 s, "
+        "so longer work belongs in a spawned job",
+    )
+    _validate_modal_function(c)
+    _validate_image(c)
+    _validate_web(c)
+
+
+def _validate_route(route: str) -> None:
+    if not isinstance(route, str) or not route.startswith("/"):
+        raise ConfigError(
+            f"route={route!r} is invalid: a route starts with '/', e.g. route='/{route}'"
+            if isinstance(route, str)
+            else f"route={route!r} is invalid: expected a path string such as '/embed'"
+        )
+    _check(
+        bool(_ROUTE_RE.match(route)),
+        "route",
+        route,
+        "a path of letters, digits, '.', '_', '~', '-' and '/' with no trailing '/', e.g. '/embed'",
+    )
+    _check(
+        route not in ("/healthz", "/readyz"),
+        "route",
+        route,
+        "a path other than /healthz and /readyz, which the router serves itself",
+    )
+
+
+def _validate_batching(c: ServiceConfig) -> None:
+    _check(
+        _is_int(c.max_batch_size) and 1 <= c.max_batch_size <= MAX_MODAL_BATCH_SIZE,
+        "max_batch_size",
+        c.max_batch_size,
+        f"an int from 1 to {MAX_MODAL_BATCH_SIZE}; use 1 to turn batching off",
+    )
+    _check(
+        _is_number(c.wait_ms) and 0 <= c.wait_ms <= MAX_MODAL_WAIT_MS,
+        "wait_ms",
+        c.wait_ms,
+        f"milliseconds from 0 to {MAX_MODAL_WAIT_MS}",
+    )
+    _check(
+        _is_int(c.max_concurrent_inputs) and c.max_concurrent_inputs >= 1,
+        "max_concurrent_inputs",
+        c.max_concurrent_inputs,
+        "an int >= 1",
+    )
+    if c.target_concurrent_inputs is not None:
+        _check(
+            _is_int(c.target_concurrent_inputs)
+            and 1 <= c.target_concurrent_inputs <= c.max_concurrent_inputs,
+            "target_concurrent_inputs",
+            c.target_concurrent_inputs,
+            f"an int from 1 to max_concurrent_inputs ({c.max_concurrent_inputs})",
+        )
+    _check(
+        _is_int(c.max_queue_size) and c.max_queue_size >= c.max_batch_size,
+        "max_queue_size",
+        c.max_queue_size,
+        f"an int >= max_batch_size ({c.max_batch_size})",
+    )
+
+
+def _validate_gpu(gpu: str) -> None:
+    if not isinstance(gpu, str):
+        raise ConfigError(f"gpu={gpu!r} is invalid: expected a string such as 'A10' or 'H100:2'")
+    kind, sep, count = gpu.partition(":")
+    if kind.upper() not in KNOWN_GPUS:
+        close = difflib.get_close_matches(kind.upper(), KNOWN_GPUS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"gpu={gpu!r} names an unknown GPU type {kind!r}: {hint}"
+            f"known types are {', '.join(KNOWN_GPUS)}"
+        )
+    if sep and not (count.isdigit() and 1 <= int(count) <= MAX_GPU_COUNT):
+        raise ConfigError(
+            f"gpu={gpu!r} has an invalid count {count!r}: write 'TYPE:N' with N from 1 to "
+            f"{MAX_GPU_COUNT}, e.g. '{kind}:2'"
+        )
+
+
+def _validate_modal_function(c: ServiceConfig) -> None:
+    if isinstance(c.gpu, tuple):
+        _check(len(c.gpu) > 0, "gpu", list(c.gpu), "a non-empty list of GPU types, or None")
+    for gpu in c.gpus:
+        _validate_gpu(gpu)
+    if c.cpu is not None:
+        _check(_is_number(c.cpu) and c.cpu > 0, "cpu", c.cpu, "a positive number of cores")
+    if c.memory is not None:
+        _check(_is_int(c.memory) and c.memory > 0, "memory", c.memory, "a positive int of MiB")
+    _check(
+        _is_int(c.timeout) and 1 <= c.timeout <= 86_400,
+        "timeout",
+        c.timeout,
+        "seconds from 1 to 86400",
+    )
+    if c.startup_timeout is not None:
+        _check(
+            _is_int(c.startup_timeout) and 1 <= c.startup_timeout <= 86_400,
+            "startup_timeout",
+            c.startup_timeout,
+            "seconds from 1 to 86400",
+        )
+    if not isinstance(c.retries, RetryPolicy):
+        _check(
+            _is_int(c.retries) and 0 <= c.retries <= 10,
+            "retries",
+            c.retries,
+            "an int from 0 to 10, or RetryPolicy(max_retries=..., ...)",
+        )
+    for opt in ("min_containers", "buffer_containers"):
+        value = getattr(c, opt)
+        if value is not None:
+            _check(_is_int(value) and value >= 0, opt, value, "an int >= 0")
+    if c.max_containers is not None:
+        _check(
+            _is_int(c.max_containers) and c.max_containers >= max(1, c.min_containers),
+            "max_containers",
+            c.max_containers,
+            f"an int >= max(1, min_containers={c.min_containers})",
+        )
+    _check(
+        _is_int(c.scaledown_window) and 2 <= c.scaledown_window <= 3600,
+        "scaledown_window",
+        c.scaledown_window,
+        "seconds from 2 to 3600",
+    )
+    _check_strings("secrets", c.secrets)
+    _check(
+        all(isinstance(k, str) and k.startswith("/") for k in c.volumes)
+        and all(isinstance(v, str) and v for v in c.volumes.values()),
+        "volumes",
+        c.volumes,
+        "a dict of absolute mount path to Modal Volume name, e.g. {'/weights': 'my-weights'}",
+    )
+    if c.hf_cache_volume is not None:
+        _check(
+            isinstance(c.hf_cache_volume, str) and bool(c.hf_cache_volume),
+            "hf_cache_volume",
+            c.hf_cache_volume,
+            "the name of a Modal Volume, e.g. 'hf-cache'",
+        )
+    if c.enable_memory_snapshot not in (True, False):
+        raise ConfigError(f"enable_memory_snapshot={c.enable_memory_snapshot!r}: expected a bool")
+
+
+def _validate_image(c: ServiceConfig) -> None:
+    if c.python_version is not None:
+        _check(
+            isinstance(c.python_version, str) and bool(_PY_RE.match(c.python_version)),
+            "python_version",
+            c.python_version,
+            "'3.10' or newer as 'MAJOR.MINOR', e.g. '3.11'",
+        )
+    _check_strings("packages", c.packages)
+    _check_strings("apt_packages", c.apt_packages)
+    _check_strings("local_sources", c.local_sources)
+    _check(
+        all(isinstance(k, str) and isinstance(v, str) for k, v in c.env.items()),
+        "env",
+        c.env,
+        "a dict of str to str",
+    )
+
+
+def _validate_web(c: ServiceConfig) -> None:
+    _check(c.topology in TOPOLOGIES, "topology", c.topology, "'split' or 'colocated'")
+    if c.label is not None:
+        _check(
+            isinstance(c.label, str) and bool(_LABEL_RE.match(c.label)),
+            "label",
+            c.label,
+            "lowercase letters, digits and '-', at most 63 characters",
+        )
+    for host in c.custom_domains:
+        _check(
+            isinstance(host, str) and bool(_HOST_RE.match(host)),
+            "custom_domains",
+            list(c.custom_domains),
+            "hostnames such as 'api.example.com' or '*.example.com', without scheme or path",
+        )
+    if c.requires_proxy_auth not in (True, False):
+        raise ConfigError(f"requires_proxy_auth={c.requires_proxy_auth!r}: expected a bool")
+    _check(
+        _is_int(c.web_max_inputs) and c.web_max_inputs >= 1,
+        "web_max_inputs",
+        c.web_max_inputs,
+        "an int >= 1",
+    )
+
+
+def _check_strings(name: str, values: tuple[str, ...]) -> None:
+    _check(
+        all(isinstance(v, str) and v for v in values),
+        name,
+        list(values),
+        "a list of non-empty strings",
+    )

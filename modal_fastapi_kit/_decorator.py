@@ -1,0 +1,75 @@
+"""``@gpu_service(...)``: validate a ModelServer subclass and record its config on it.
+
+The decorator returns the class itself. Building routers and Modal objects from it is a
+separate, explicit step (``Cls.router()``, ``Cls.modal_app()``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._config import ServiceConfig, check_option_names
+from ._errors import ConfigError
+from ._server import ModelServer, io_models
+
+__all__ = ["gpu_service"]
+
+S = TypeVar("S", bound=type[ModelServer[Any, Any]])
+
+
+def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
+    """Declare a ModelServer subclass as a service.
+
+    Options (all keyword, all optional; see ``ServiceConfig`` for defaults):
+    ``name`` (defaults to the class name in kebab-case), ``route``, ``max_batch_size``,
+    ``wait_ms``, ``max_concurrent_inputs``, ``max_queue_size``, ``max_body_bytes``,
+    ``request_timeout``, ``gpu``, ``packages`` and the other Modal options.
+
+    >>> @gpu_service(gpu="A10", max_batch_size=32, route="/embed")
+    ... class Embedder(ModelServer[EmbedIn, EmbedOut]): ...
+    """
+    if _cls is not None:
+        raise ConfigError(
+            f"@gpu_service was applied without parentheses to {_cls!r}; write @gpu_service() "
+            "or @gpu_service(name=..., ...)"
+        )
+    check_option_names(options)
+
+    def decorate(cls: S) -> S:
+        if not (isinstance(cls, type) and issubclass(cls, ModelServer)):
+            raise ConfigError(
+                f"@gpu_service decorates a ModelServer subclass, not {cls!r}; write "
+                "'class MyModel(ModelServer[RequestModel, ResponseModel]): ...'"
+            )
+        config = ServiceConfig.from_options({"name": _kebab(cls.__name__), **options})
+        _check_predict(cls, config)
+        request_model, response_model = io_models(cls)
+        cls.__service_config__ = config
+        cls.request_model = request_model
+        cls.response_model = response_model
+        return cls
+
+    return decorate
+
+
+def _check_predict(cls: type, config: ServiceConfig) -> None:
+    has_single = callable(getattr(cls, "predict", None))
+    has_batch = callable(getattr(cls, "predict_batch", None))
+    if not (has_single or has_batch):
+        raise ConfigError(
+            f"{cls.__qualname__} defines neither predict nor predict_batch: add "
+            "'def predict(self, item)' or 'def predict_batch(self, items)'"
+        )
+    if config.batched and not has_batch:
+        raise ConfigError(
+            f"{cls.__qualname__} sets max_batch_size={config.max_batch_size} but defines only "
+            "predict: define 'def predict_batch(self, items)' or set max_batch_size=1"
+        )
+
+
+def _kebab(name: str) -> str:
+    """``TextEmbedder`` -> ``text-embedder``: a default service name Modal accepts."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name)
+    return re.sub(r"[^a-z0-9-]+", "-", words.lower()).strip("-")[:63] or "model-server"

@@ -1,0 +1,108 @@
+"""``mfk serve FILE.py[:Class]``: the class on uvicorn, its router at the root, plus /docs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+import uvicorn
+
+from .._backends import Backend, LoadState
+from .._router import build_app
+from ._loading import load_service
+
+__all__ = ["add_parser", "run"]
+
+PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a ModelServer locally on uvicorn",
+        description="Serve a @gpu_service class locally, with the same router and batching "
+        "as on Modal.",
+    )
+    parser.add_argument("target", metavar="FILE.py[:Class]", help="file holding the class")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    server_cls = load_service(args.target)
+    router = server_cls.router()
+    app = build_app(server_cls, router)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            lifespan="on",
+        )
+    )
+    return asyncio.run(_serve(server, router.backend, server_cls.__name__))
+
+
+async def _serve(server: uvicorn.Server, backend: Backend, name: str) -> int:
+    watcher = asyncio.create_task(_report_progress(server, backend, name))
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+    if backend.state is LoadState.FAILED:
+        return 1
+    return 0 if server.started else 1
+
+
+async def _report_progress(server: uvicorn.Server, backend: Backend, name: str) -> None:
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for this)
+        await asyncio.sleep(0.05)
+    url = _url(server)
+    started = time.monotonic()
+    tty = sys.stderr.isatty()
+    last_line = -PROGRESS_EVERY
+    _say(f"Loading {name} (the server is up; /readyz answers 503 until it is ready)")
+    while backend.state is LoadState.LOADING:
+        elapsed = time.monotonic() - started
+        if tty:
+            print(f"\r  loading weights... {elapsed:5.1f}s", end="", file=sys.stderr, flush=True)
+        elif elapsed - last_line >= PROGRESS_EVERY:
+            last_line = elapsed
+            _say(f"  loading weights... {elapsed:.0f}s")
+        await asyncio.sleep(0.1)
+    if tty:
+        print(file=sys.stderr)
+    elapsed = time.monotonic() - started
+    if backend.state is LoadState.READY:
+        _say(f"{name} ready in {elapsed:.1f}s: {url}  (docs: {url}/docs)")
+    else:
+        _say(f"error: {backend.error or 'the model did not load'}; stopping")
+        server.should_exit = True
+
+
+def _url(server: uvicorn.Server) -> str:
+    host, port = server.config.host, server.config.port
+    for srv in server.servers:
+        for sock in srv.sockets:
+            port = sock.getsockname()[1]
+            break
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
