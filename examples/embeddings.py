@@ -1,6 +1,7 @@
 """Sentence embeddings with all-MiniLM-L6-v2, served with dynamic batching.
 
     mfk serve examples/embeddings.py                 # local, http://127.0.0.1:8000/docs
+    mfk deploy examples/embeddings.py                # on Modal (see docs/deploy.md)
     curl -X POST localhost:8000/embed -H 'content-type: application/json' \\
          -d '{"text": "hello world"}'
 
@@ -67,3 +68,7 @@ class Embedder(ModelServer[EmbedIn, EmbedOut]):
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return [EmbedOut(embedding=row) for row in vectors.cpu().tolist()]
+
+
+# `modal deploy examples/embeddings.py` (or `mfk deploy examples/embeddings.py`) publishes this.
+app = Embedder.modal_app()

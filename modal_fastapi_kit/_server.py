@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from ._errors import ConfigError
 
 if TYPE_CHECKING:
+    import modal
     from fastapi import FastAPI
 
     from ._backends import BackendName
@@ -37,7 +38,10 @@ class ModelServer(Generic[RequestT, ResponseT]):
     Hooks, all optional except one of ``predict`` / ``predict_batch``:
 
     - ``load()``: load weights; runs once per process (or Modal container) before traffic.
-    - ``warmup()``: run after ``load`` and before the server reports ready.
+    - ``to_device()``: move loaded weights to the GPU; runs after ``load``. With
+      ``enable_memory_snapshot=True`` on Modal, ``load`` runs before the snapshot (no GPU
+      attached) and ``to_device`` after every restore.
+    - ``warmup()``: run after ``to_device`` and before the server reports ready.
     - ``predict(item) -> response``: one request.
     - ``predict_batch(items) -> responses``: a batch, answered in the same order.
     - ``health() -> bool``: ``False`` makes ``/readyz`` answer 503. Keep it cheap.
@@ -53,6 +57,10 @@ class ModelServer(Generic[RequestT, ResponseT]):
 
     def load(self) -> Awaitable[None] | None:
         """Load weights. Runs once, before the first request."""
+        return None
+
+    def to_device(self) -> Awaitable[None] | None:
+        """Optional: move weights to the GPU (``self.model.to("cuda")``); runs after ``load``."""
         return None
 
     def warmup(self) -> Awaitable[None] | None:
@@ -92,6 +100,16 @@ class ModelServer(Generic[RequestT, ResponseT]):
         from ._router import build_router
 
         return build_router(cls, create_backend(cls, backend, **backend_options))
+
+    @classmethod
+    def modal_app(cls) -> modal.App:
+        """The Modal App serving this class; bind it at module level: ``app = X.modal_app()``.
+
+        Built once per process (Image, GPU class, web endpoint); see ``docs/deploy.md``.
+        """
+        from ._modal import deployment
+
+        return deployment(cls).app
 
     @classmethod
     def asgi_app(cls, *, backend: BackendName = "local", **backend_options: Any) -> FastAPI:

@@ -1,6 +1,7 @@
 """Backends answer predict requests for the router; the router does not know which one runs.
 
 - ``local``: the model in this process, behind the dynamic batcher (``LocalBackend``).
+- ``modal``: the GPU class deployed on Modal, called with ``.remote.aio`` (``ModalBackend``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Backend", "BackendName", "LoadState", "create_backend"]
 
-BackendName = Literal["local"]
+BackendName = Literal["local", "modal"]
 
 
 def create_backend(
@@ -27,4 +28,8 @@ def create_backend(
         from .local import LocalBackend
 
         return LocalBackend(server_cls, config, **options)
-    raise ConfigError(f"backend={name!r} is unknown: use backend='local'")
+    if name == "modal":
+        from .remote import ModalBackend
+
+        return ModalBackend(server_cls, config, **options)
+    raise ConfigError(f"backend={name!r} is unknown: use backend='local' or backend='modal'")

@@ -29,9 +29,17 @@ class LocalBackend:
     loop stays free to take requests while a batch runs.
     """
 
-    def __init__(self, server_cls: type[ModelServer[Any, Any]], config: ServiceConfig) -> None:
+    def __init__(
+        self,
+        server_cls: type[ModelServer[Any, Any]],
+        config: ServiceConfig,
+        *,
+        server: ModelServer[Any, Any] | None = None,
+    ) -> None:
+        """``server``: an instance already loaded (by Modal's ``@enter``); not loaded again."""
         self.server_cls = server_cls
         self.config = config
+        self._loaded = server
         self._state = LoadState.CREATED
         self._error: str | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -70,9 +78,12 @@ class LocalBackend:
 
     async def _load(self) -> None:
         try:
-            server = await self._on_thread(self.server_cls)
-            await self._call(server.load)
-            await self._call(server.warmup)
+            server = self._loaded
+            if server is None:
+                server = await self._on_thread(self.server_cls)
+                await self._call(server.load)
+                await self._call(server.to_device)
+                await self._call(server.warmup)
             run, is_async = batch_function(server)
             self._server = server
             self._batcher = Batcher(

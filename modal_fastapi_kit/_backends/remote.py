@@ -1,0 +1,218 @@
+"""``ModalBackend``: the router's backend when the model runs in the GPU class on Modal.
+
+Inside the deployed app (split topology) it is handed the app's own class. Anywhere else,
+``X.router(backend="modal")`` looks the deployed class up by name
+(``modal.Cls.from_name(app_name, class_name)``); ``/readyz`` turns 200 once that lookup
+succeeds, which wakes no GPU. Each request is one ``.remote.aio`` call carrying a
+JSON-compatible dict. Nothing is retried here: Modal retries failed inputs on the GPU class
+when ``retries`` is set, and a web request is never resent.
+
+Failures, as the router answers them:
+
+=========================================  ====================================
+no or rejected Modal credentials           503 (``BackendUnavailable``)
+the app or class is not deployed           503 (``BackendUnavailable``)
+cannot reach Modal                         503 with ``Retry-After``
+Modal failed to run the input              502 with ``Retry-After`` (``UpstreamError``)
+the GPU class ran past its ``timeout``     504 (``DeadlineExceeded``)
+``predict`` raised in the container        500 with the request id (``PredictError``)
+=========================================  ====================================
+
+Cancelling a request's future stops waiting for it; an input Modal already started may still
+run to completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from .._config import ServiceConfig
+from .._errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    NotReadyError,
+    PredictError,
+    ServingError,
+)
+from .._server import ModelServer
+from ._base import LoadState
+
+__all__ = ["ModalBackend", "UpstreamError", "map_modal_error"]
+
+logger = logging.getLogger("modal_fastapi_kit")
+
+PREDICT_METHOD = "mfk_predict"  # the name _modal.py gives the GPU class's method
+CREDENTIALS_HELP = (
+    "run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET "
+    "(create a token at https://modal.com/settings/tokens)"
+)
+DEFAULT_LOOKUP_RETRY = 10.0  # seconds before the first new lookup after a failed one
+MAX_LOOKUP_RETRY = 300.0
+
+
+class UpstreamError(BackendUnavailable):
+    """Modal took the request but failed to run it (502)."""
+
+    status_code = 502
+
+
+class ModalBackend:
+    """Calls the deployed GPU class; implements the ``Backend`` protocol.
+
+    ``cls``: a ``modal.Cls`` to call (the deployed app's own). Without it the class is looked up
+    as ``modal.Cls.from_name(app_name, class_name, environment_name=...)``, by default the
+    service's ``name`` and the Python class name.
+    """
+
+    def __init__(
+        self,
+        server_cls: type[ModelServer[Any, Any]],
+        config: ServiceConfig,
+        *,
+        cls: Any = None,
+        app_name: str | None = None,
+        class_name: str | None = None,
+        environment_name: str | None = None,
+        lookup_retry: float = DEFAULT_LOOKUP_RETRY,
+    ) -> None:
+        self.server_cls = server_cls
+        self.config = config
+        self.app_name = app_name or config.name
+        self.class_name = class_name or server_cls.__name__
+        self.environment_name = environment_name
+        self.lookup_retry = lookup_retry
+        self._cls = cls
+        self._obj: Any = None
+        self._state = LoadState.CREATED
+        self._error: str | None = None
+        self._lookup: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._looked_up = asyncio.Event()
+
+    @property
+    def state(self) -> LoadState:
+        return self._state
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    @property
+    def target(self) -> str:
+        return f"class {self.class_name!r} of Modal app {self.app_name!r}"
+
+    async def start(self) -> None:
+        if self._state is not LoadState.CREATED:
+            return
+        if self._cls is not None:
+            self._obj = self._cls()
+            self._state = LoadState.READY
+            self._looked_up.set()
+            return
+        self._state = LoadState.LOADING
+        self._lookup = asyncio.get_running_loop().create_task(
+            self._look_up(), name=f"modal_fastapi_kit.lookup[{self.class_name}]"
+        )
+
+    async def wait_looked_up(self) -> None:
+        """Wait until the first lookup finished, successfully or not."""
+        await self._looked_up.wait()
+
+    async def _look_up(self) -> None:
+        import modal
+
+        delay = self.lookup_retry
+        while True:
+            handle = modal.Cls.from_name(
+                self.app_name, self.class_name, environment_name=self.environment_name
+            )
+            try:
+                await handle.hydrate.aio()
+            except Exception as exc:
+                self._state = LoadState.FAILED
+                self._error = map_modal_error(exc, self).detail
+                logger.error("looking up the %s failed: %s", self.target, self._error)
+                self._looked_up.set()
+                if isinstance(exc, modal.exception.AuthError):
+                    return  # credentials do not appear by waiting
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_LOOKUP_RETRY)
+                continue
+            self._obj = handle()
+            self._error = None
+            self._state = LoadState.READY
+            self._looked_up.set()
+            logger.info("found the %s", self.target)
+            return
+
+    def submit(self, item: Any, *, deadline: float) -> asyncio.Future[Any]:
+        if self._state is not LoadState.READY or self._obj is None:
+            if self._state is LoadState.FAILED:
+                raise BackendUnavailable(f"the {self.target} is unavailable: {self._error}")
+            if self._state is LoadState.STOPPED:
+                raise NotReadyError("the server is shutting down")
+            raise NotReadyError(f"still looking up the {self.target}; retry shortly")
+        payload = item.model_dump(mode="json")
+        task = asyncio.get_running_loop().create_task(self._call(payload))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+        return task
+
+    async def _call(self, payload: dict[str, Any]) -> Any:
+        method = getattr(self._obj, PREDICT_METHOD)
+        try:
+            return await method.remote.aio(payload)
+        except Exception as exc:
+            raise map_modal_error(exc, self) from exc
+
+    async def healthy(self) -> bool:
+        return self._state is LoadState.READY
+
+    async def stop(self) -> None:
+        self._state = LoadState.STOPPED
+        if self._lookup is not None:
+            self._lookup.cancel()
+        if self._calls:  # drain: in-flight calls finish, within the request deadline
+            _, pending = await asyncio.wait(set(self._calls), timeout=self.config.request_timeout)
+            for task in pending:
+                task.cancel()
+
+
+def map_modal_error(exc: BaseException, backend: ModalBackend) -> ServingError:
+    """The ``ServingError`` the router answers for what a Modal call raised."""
+    from modal import exception as modal_errors
+
+    if isinstance(exc, ServingError):  # PredictError from the container, re-raised here
+        return exc
+    name = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, modal_errors.AuthError | modal_errors.PermissionDeniedError):
+        return BackendUnavailable(
+            f"Modal rejected this server's credentials ({name}); {CREDENTIALS_HELP}"
+        )
+    if isinstance(exc, modal_errors.NotFoundError):
+        return BackendUnavailable(
+            f"Modal has no {backend.target} ({exc}); deploy it with `mfk deploy FILE.py`, or "
+            "pass app_name= / environment_name= to router(backend='modal', ...)"
+        )
+    if isinstance(exc, modal_errors.FunctionTimeoutError):
+        return DeadlineExceeded(
+            f"the {backend.target} ran past its Modal timeout={backend.config.timeout}s"
+        )
+    if isinstance(exc, modal_errors.TimeoutError):
+        return DeadlineExceeded(f"Modal timed out ({name})")
+    if isinstance(
+        exc,
+        modal_errors.ConnectionError
+        | modal_errors.ServiceError
+        | modal_errors.ResourceExhaustedError
+        | modal_errors.ClientClosed
+        | OSError,
+    ):
+        return BackendUnavailable(f"cannot reach Modal ({name}); retry shortly")
+    if isinstance(exc, modal_errors.Error):
+        return UpstreamError(f"Modal failed to run the request on the {backend.target} ({name})")
+    error = PredictError(f"calling the {backend.target} raised {name}")
+    error.__cause__ = exc
+    return error
