@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from . import _serve
+from . import _check, _deploy, _serve
 from ._loading import UsageError
 
 __all__ = ["main"]
 
-COMMANDS: tuple[ModuleType, ...] = (_serve,)
+COMMANDS: tuple[ModuleType, ...] = (_serve, _check, _deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:
