@@ -14,6 +14,8 @@ from ._errors import NotReadyError as NotReadyError
 from ._errors import PredictError as PredictError
 from ._errors import QueueFullError as QueueFullError
 from ._errors import ServingError as ServingError
+from ._origin_lock import OriginLock as OriginLock
+from ._origin_lock import apply_origin_lock as apply_origin_lock
 from ._router import ErrorBody as ErrorBody
 from ._router import ServiceRouter as ServiceRouter
 from ._server import ModelServer as ModelServer
@@ -31,11 +33,13 @@ __all__ = [
     "MissingExtraError",
     "ModelServer",
     "NotReadyError",
+    "OriginLock",
     "PredictError",
     "QueueFullError",
     "RetryPolicy",
     "ServiceConfig",
     "ServiceRouter",
     "ServingError",
+    "apply_origin_lock",
     "gpu_service",
 ]

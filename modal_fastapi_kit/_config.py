@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from ._errors import ConfigError
 
@@ -95,6 +96,7 @@ _HOST_RE = re.compile(
 )
 _ROUTE_RE = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 _PY_RE = re.compile(r"^3\.(1[0-9])$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +184,10 @@ class ServiceConfig:
     custom_domains: tuple[str, ...] = ()
     requires_proxy_auth: bool = False
     web_max_inputs: int = DEFAULT_WEB_MAX_INPUTS
+    # -- custom-domain edge (see OriginLock) -------------------------------------------------
+    edge_secret_env: str | None = None
+    public_hosts: tuple[str, ...] = ()
+    public_base_url: str | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -223,7 +229,14 @@ def check_option_names(options: Iterable[str]) -> None:
         raise ConfigError(f"@gpu_service got an unknown option {name!r}: {fix}")
 
 
-_TUPLE_FIELDS = {"secrets", "packages", "apt_packages", "local_sources", "custom_domains"}
+_TUPLE_FIELDS = {
+    "secrets",
+    "packages",
+    "apt_packages",
+    "local_sources",
+    "custom_domains",
+    "public_hosts",
+}
 
 
 def _normalise(name: str, value: Any) -> Any:
@@ -463,6 +476,43 @@ def _validate_web(c: ServiceConfig) -> None:
         c.web_max_inputs,
         "an int >= 1",
     )
+    _validate_edge(c)
+
+
+def _validate_edge(c: ServiceConfig) -> None:
+    if c.edge_secret_env is not None:
+        _check(
+            isinstance(c.edge_secret_env, str) and bool(_ENV_RE.match(c.edge_secret_env)),
+            "edge_secret_env",
+            c.edge_secret_env,
+            "the name of an environment variable holding the edge secret, e.g. 'MFK_EDGE_SECRET'",
+        )
+    for host in c.public_hosts:
+        _check(
+            isinstance(host, str) and bool(_HOST_RE.match(host)) and not host.startswith("*"),
+            "public_hosts",
+            list(c.public_hosts),
+            "hostnames such as 'api.example.com', without scheme, port, path or wildcard",
+        )
+    if c.public_hosts and c.edge_secret_env is None:
+        raise ConfigError(
+            f"public_hosts={list(c.public_hosts)!r} trusts X-Forwarded-Host, which only the "
+            "edge may set: add edge_secret_env='MFK_EDGE_SECRET' (the edge sends that secret), "
+            "or drop public_hosts and set public_base_url='https://api.example.com'"
+        )
+    if c.public_base_url is not None:
+        parts = urlsplit(c.public_base_url) if isinstance(c.public_base_url, str) else None
+        _check(
+            parts is not None
+            and parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and _HOST_RE.match(parts.hostname or "") is not None
+            and parts.path in ("", "/")
+            and not (parts.query or parts.fragment or parts.username),
+            "public_base_url",
+            c.public_base_url,
+            "a scheme and host such as 'https://api.example.com', with no path, query or user",
+        )
 
 
 def _check_strings(name: str, values: tuple[str, ...]) -> None:

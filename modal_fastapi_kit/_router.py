@@ -34,6 +34,7 @@ from starlette.types import Receive
 
 from ._backends import Backend, LoadState
 from ._errors import DeadlineExceeded, PredictError, ServingError
+from ._origin_lock import apply_origin_lock
 from ._server import ModelServer
 
 __all__ = ["ErrorBody", "ServiceRouter", "build_app", "build_router"]
@@ -173,9 +174,11 @@ def build_router(server_cls: type[ModelServer[Any, Any]], backend: Backend) -> S
 
 
 def build_app(server_cls: type[ModelServer[Any, Any]], router: APIRouter) -> FastAPI:
-    """A FastAPI app serving ``router`` at the root, with ``/docs``."""
-    app = FastAPI(title=server_cls.config().name, summary=(server_cls.__doc__ or "").strip())
+    """A FastAPI app serving ``router`` at the root, with ``/docs`` and the origin lock."""
+    config = server_cls.config()
+    app = FastAPI(title=config.name, summary=(server_cls.__doc__ or "").strip())
     app.include_router(router)
+    apply_origin_lock(app, config)
     return app
 
 
