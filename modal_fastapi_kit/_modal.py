@@ -449,7 +449,7 @@ def _register_web_function(
         from ._backends.remote import ModalBackend
         from ._router import build_app, build_router
 
-        backend = ModalBackend(server_cls, config, cls=gpu_cls)
+        backend = ModalBackend(server_cls, config, handle=gpu_cls)
         return build_app(server_cls, build_router(server_cls, backend))
 
     endpoint = modal.asgi_app(

@@ -61,9 +61,9 @@ class UpstreamError(BackendUnavailable):
 class ModalBackend:
     """Calls the deployed GPU class; implements the ``Backend`` protocol.
 
-    ``cls``: a ``modal.Cls`` to call (the deployed app's own). Without it the class is looked up
-    as ``modal.Cls.from_name(app_name, class_name, environment_name=...)``, by default the
-    service's ``name`` and the Python class name.
+    ``handle``: the ``modal.Cls`` to call (the deployed app's own). Without it the class is
+    looked up as ``modal.Cls.from_name(app_name, class_name, environment_name=...)``, by default
+    the service's ``name`` and the Python class name.
     """
 
     def __init__(
@@ -71,7 +71,7 @@ class ModalBackend:
         server_cls: type[ModelServer[Any, Any]],
         config: ServiceConfig,
         *,
-        cls: Any = None,
+        handle: Any = None,
         app_name: str | None = None,
         class_name: str | None = None,
         environment_name: str | None = None,
@@ -83,7 +83,7 @@ class ModalBackend:
         self.class_name = class_name or server_cls.__name__
         self.environment_name = environment_name
         self.lookup_retry = lookup_retry
-        self._cls = cls
+        self._handle = handle
         self._obj: Any = None
         self._state = LoadState.CREATED
         self._error: str | None = None
@@ -106,8 +106,8 @@ class ModalBackend:
     async def start(self) -> None:
         if self._state is not LoadState.CREATED:
             return
-        if self._cls is not None:
-            self._obj = self._cls()
+        if self._handle is not None:
+            self._obj = self._handle()
             self._state = LoadState.READY
             self._looked_up.set()
             return

@@ -1,0 +1,377 @@
+"""The generated Modal objects, read back through Modal's public ``info()`` (no account needed).
+
+Where ``info()`` does not report a setting (label, custom domains) the test reads the webhook
+config Modal would send, from Modal's own objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from modal._partial_function import _PartialFunctionFlags
+from modal._utils.async_utils import synchronizer
+from modal.cls import _Cls
+
+from modal_fastapi_kit import ConfigError, ModelServer, PredictError, RetryPolicy, gpu_service
+from modal_fastapi_kit._modal import HF_CACHE_PATH, deployment, image_spec
+
+from ._toys import NumIn, NumOut
+
+# -- services, at module level as Modal requires ---------------------------------------------
+
+
+@gpu_service(
+    name="split-batched",
+    route="/double",
+    gpu="A10",
+    max_batch_size=8,
+    wait_ms=7,
+    cpu=2.0,
+    memory=4096,
+    timeout=120,
+    startup_timeout=600,
+    retries=RetryPolicy(max_retries=3, backoff_coefficient=1.5, initial_delay=2.0, max_delay=30.0),
+    min_containers=1,
+    max_containers=4,
+    buffer_containers=1,
+    scaledown_window=60,
+    secrets=["hf-token"],
+    volumes={"/weights": "my-weights"},
+    hf_cache_volume="hf-cache",
+    region=["us-east", "us-west"],
+    cloud="aws",
+    packages=["numpy==2.0.0", "FastAPI==0.115.0"],
+    apt_packages=["git"],
+    env={"MODE": "prod"},
+    python_version="3.12",
+)
+class SplitBatched(ModelServer[NumIn, NumOut]):
+    def predict_batch(self, items: list[NumIn]) -> list[NumOut]:
+        if any(item.x < 0 for item in items):
+            raise ValueError("negative input")
+        return [NumOut(y=2 * item.x) for item in items]
+
+
+@gpu_service(
+    name="split-single",
+    route="/double",
+    gpu=["H100", "A100-80GB:2", "L40S"],
+    max_concurrent_inputs=16,
+    target_concurrent_inputs=8,
+    retries=2,
+    label="single-api",
+    requires_proxy_auth=True,
+    web_max_inputs=100,
+)
+class SplitSingle(ModelServer[NumIn, NumOut]):
+    def predict(self, item: NumIn) -> NumOut:
+        return NumOut(y=2 * item.x)
+
+
+@gpu_service(
+    name="colocated",
+    route="/double",
+    gpu="L4",
+    topology="colocated",
+    max_batch_size=4,
+    max_concurrent_inputs=32,
+    custom_domains=["api.example.com", "*.models.example.com"],
+    requires_proxy_auth=True,
+)
+class Colocated(ModelServer[NumIn, NumOut]):
+    loads = 0
+
+    def load(self) -> None:
+        type(self).loads += 1
+        self.factor = 3
+
+    def predict_batch(self, items: list[NumIn]) -> list[NumOut]:
+        return [NumOut(y=self.factor * item.x) for item in items]
+
+
+@gpu_service(name="snapshotted", route="/double", gpu="H100:2", enable_memory_snapshot=True)
+class Snapshotted(ModelServer[NumIn, NumOut]):
+    async def load(self) -> None:  # async hooks are finished from Modal's sync enter
+        await asyncio.sleep(0)
+        self.hooks = ["load"]
+
+    def to_device(self) -> None:
+        self.hooks.append("to_device")
+
+    def warmup(self) -> None:
+        self.hooks.append("warmup")
+
+    def predict(self, item: NumIn) -> NumOut:
+        return NumOut(y=len(self.hooks) * item.x)
+
+
+@gpu_service(name="plain-hooks", route="/double", gpu="T4")
+class PlainHooks(ModelServer[NumIn, NumOut]):
+    def load(self) -> None:
+        self.hooks = ["load"]
+
+    def to_device(self) -> None:
+        self.hooks.append("to_device")
+
+    def warmup(self) -> None:
+        self.hooks.append("warmup")
+
+    def predict(self, item: NumIn) -> dict[str, int]:  # dicts are validated into NumOut
+        return {"y": item.x + 1}
+
+
+@gpu_service(name="async-batched", route="/double", gpu="A10", max_batch_size=4)
+class AsyncBatched(ModelServer[NumIn, NumOut]):
+    async def load(self) -> None:
+        self.offset = 100
+
+    async def predict_batch(self, items: list[NumIn]) -> list[NumOut]:
+        return [NumOut(y=self.offset + item.x) for item in items]
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def gpu_info(server_cls, method="mfk_predict"):
+    return getattr(deployment(server_cls).gpu_cls(), method).info()
+
+
+def partials(server_cls):
+    built = deployment(server_cls)
+    raw = synchronizer._translate_in(built.gpu_cls)
+    local = _Cls._from_local(server_cls, raw._get_app(), raw._get_class_service_function())
+    return local._get_partial_functions()
+
+
+# -- the GPU class -----------------------------------------------------------------------------
+
+
+def test_split_batched_gpu_class_carries_every_option():
+    info = gpu_info(SplitBatched)
+    assert info.gpus == [("A10", 1)]
+    assert info.cpu == 2.0
+    assert info.memory_mib == 4096
+    assert info.timeout == 120
+    assert info.startup_timeout == 600
+    assert info.max_retries == 3
+    assert info.batching_info.max_batch_size == 8
+    assert info.batching_info.wait_ms == 7
+    assert info.concurrency_info is None  # one batch at a time: the model is never re-entered
+    assert info.method_names == ["mfk_predict"]
+    assert info.regions == ["us-east", "us-west"]
+    assert info.cloud == "aws"
+    assert info.secrets == ["modal.Secret.from_name('hf-token')"]
+    assert {path: mount.name for path, mount in info.volumes.items()} == {
+        "/weights": "my-weights",
+        HF_CACHE_PATH: "hf-cache",
+    }
+
+
+def test_retry_policy_maps_to_modal_retries():
+    raw = synchronizer._translate_in(deployment(SplitBatched).gpu_cls)
+    # the class service function is what Modal retries; its proto carries the policy
+    assert raw._get_class_service_function()._function_info.max_retries == 3
+
+
+def test_unbatched_class_uses_method_and_class_level_concurrency_and_gpu_fallbacks():
+    info = gpu_info(SplitSingle)
+    assert info.gpus == [("H100", 1), ("A100-80GB", 2), ("L40S", 1)]
+    assert info.batching_info is None
+    assert info.concurrency_info.max_inputs == 16
+    assert info.concurrency_info.target_inputs == 8
+    assert info.max_retries == 2
+    assert info.method_names == ["mfk_predict"]
+    assert _PartialFunctionFlags.CALLABLE_INTERFACE & partials(SplitSingle)["mfk_predict"].flags
+
+
+def test_gpu_count_is_parsed():
+    assert gpu_info(Snapshotted).gpus == [("H100", 2)]
+
+
+def test_memory_snapshot_loads_before_the_snapshot_and_moves_to_gpu_after():
+    found = partials(Snapshotted)
+    assert found["mfk_enter_snapshot"].flags & _PartialFunctionFlags.ENTER_PRE_SNAPSHOT
+    assert found["mfk_enter"].flags & _PartialFunctionFlags.ENTER_POST_SNAPSHOT
+    # Modal itself refuses snap=True without enable_memory_snapshot=True on the class:
+    raw = synchronizer._translate_in(deployment(Snapshotted).gpu_cls)
+    assert raw._get_class_service_function()._function_info is not None
+    obj = deployment(Snapshotted).gpu_cls()
+    assert obj.mfk_predict.local({"x": 2}) == {"y": 6}
+    assert obj.hooks == ["load", "to_device", "warmup"]
+
+
+def test_without_snapshot_one_enter_runs_load_to_device_warmup():
+    found = partials(PlainHooks)
+    assert "mfk_enter_snapshot" not in found
+    obj = deployment(PlainHooks).gpu_cls()
+    assert obj.mfk_predict.local({"x": 2}) == {"y": 3}
+    assert obj.hooks == ["load", "to_device", "warmup"]
+
+
+def test_batched_local_call_takes_and_returns_plain_dicts():
+    obj = deployment(SplitBatched).gpu_cls()
+    with pytest.warns(UserWarning, match="will not have access to the mounted Volume"):
+        assert obj.mfk_predict.local([{"x": 1}, {"x": 5}]) == [{"y": 2}, {"y": 10}]
+
+
+def test_predict_failure_crosses_as_predict_error():
+    obj = deployment(SplitBatched).gpu_cls()
+    with (
+        pytest.warns(UserWarning, match="will not have access to the mounted Volume"),
+        pytest.raises(PredictError, match=r"SplitBatched.predict raised ValueError: negative"),
+    ):
+        obj.mfk_predict.local([{"x": -1}])
+
+
+def test_async_hooks_and_async_batched_predict():
+    # Modal's .local() runs @enter only for sync methods; call the generated methods directly.
+    deployment(AsyncBatched)
+    server = AsyncBatched()
+    server.mfk_enter()
+    assert asyncio.run(server.mfk_predict([{"x": 1}, {"x": 2}])) == [{"y": 101}, {"y": 102}]
+    assert partials(AsyncBatched)["mfk_predict"].flags & _PartialFunctionFlags.BATCHED
+
+
+def wait_ready(client: TestClient) -> None:
+    for _ in range(500):
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.01)
+    raise AssertionError("/readyz never answered 200")
+
+
+def test_markers_leave_the_local_router_working():
+    deployment(SplitBatched)
+    with TestClient(SplitBatched.asgi_app()) as client:
+        wait_ready(client)
+        assert client.post("/double", json={"x": 4}).json() == {"y": 8}
+
+
+# -- the web endpoint --------------------------------------------------------------------------
+
+
+def test_split_web_function_is_a_cpu_asgi_app_bound_in_the_module():
+    built = deployment(SplitSingle)
+    assert built.web_function is not None
+    assert globals()["SplitSingle_web"] is built.web_function
+    info = built.web_function.info()
+    assert info.gpus == []
+    assert info.max_retries is None  # Modal rejects retries on web functions
+    assert info.concurrency_info.max_inputs == 100
+    assert info.web_info is not None
+    assert info.web_info.unauthenticated is False  # requires_proxy_auth=True
+    webhook = synchronizer._translate_in(built.web_function)._webhook_config
+    assert webhook.requested_suffix == "single-api"
+    assert list(webhook.custom_domains) == []
+    assert built.url_shape == "https://<workspace>--single-api.modal.run"
+
+
+def test_split_web_defaults_label_to_the_name_and_is_public():
+    built = deployment(SplitBatched)
+    info = built.web_function.info()
+    assert info.web_info.unauthenticated is True
+    assert info.concurrency_info.max_inputs == 256
+    assert synchronizer._translate_in(built.web_function)._webhook_config.requested_suffix == (
+        "split-batched"
+    )
+
+
+def test_colocated_class_serves_the_router_itself():
+    built = deployment(Colocated)
+    assert built.web_function is None
+    assert "Colocated_web" not in globals()
+    info = gpu_info(Colocated, "mfk_web")
+    assert info.method_names == ["mfk_web"]
+    assert info.batching_info is None  # Modal forbids @batched beside a web method
+    assert info.concurrency_info.max_inputs == 32
+    assert info.method_details["mfk_web"].unauthenticated is False
+    webhook = partials(Colocated)["mfk_web"].params.webhook_config
+    assert webhook.requested_suffix == "colocated"
+    assert [d.name for d in webhook.custom_domains] == ["api.example.com", "*.models.example.com"]
+    assert webhook.requires_proxy_auth is True
+
+
+def test_colocated_web_method_batches_with_the_model_loaded_once():
+    Colocated.loads = 0
+    obj = deployment(Colocated).gpu_cls()
+    app = obj.mfk_web.local()  # runs @enter (load), then builds the app around that instance
+    assert Colocated.loads == 1
+    with TestClient(app) as client:
+        wait_ready(client)
+        assert client.post("/double", json={"x": 5}).json() == {"y": 15}
+        assert client.get("/healthz").status_code == 200
+    assert Colocated.loads == 1
+
+
+def test_colocated_refuses_retries():
+    @gpu_service(name="colocated-retries", topology="colocated", retries=2)
+    class ColocatedRetries(ModelServer[NumIn, NumOut]):
+        def predict(self, item: NumIn) -> NumOut:
+            return NumOut(y=item.x)
+
+    ColocatedRetries.__qualname__ = "ColocatedRetries"
+    with pytest.raises(ConfigError, match=r"retries=2 with topology='colocated'.*set retries=0"):
+        deployment(ColocatedRetries)
+
+
+# -- image, names, and what Modal cannot import ------------------------------------------------
+
+
+def test_image_pins_the_runtime_and_lets_the_user_override_a_pin():
+    python, packages = image_spec(SplitBatched.config())
+    assert python == "3.12"
+    pydantic = importlib.metadata.version("pydantic")
+    assert packages == (f"pydantic=={pydantic}", "numpy==2.0.0", "FastAPI==0.115.0")
+    python, packages = image_spec(SplitSingle.config())
+    assert python == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert packages[0] == f"fastapi=={importlib.metadata.version('fastapi')}"
+
+
+def test_app_is_named_from_the_config_and_built_once():
+    assert SplitBatched.modal_app() is SplitBatched.modal_app()
+    assert SplitBatched.modal_app().name == "split-batched"
+
+
+def test_class_defined_in_a_function_is_refused():
+    @gpu_service(name="local-class")
+    class Local(ModelServer[NumIn, NumOut]):
+        def predict(self, item: NumIn) -> NumOut:
+            return NumOut(y=item.x)
+
+    with pytest.raises(ConfigError, match="define the class at module level"):
+        Local.modal_app()
+
+
+def test_a_user_attribute_with_a_generated_name_is_refused():
+    @gpu_service(name="clash")
+    class Clash(ModelServer[NumIn, NumOut]):
+        def predict(self, item: NumIn) -> NumOut:
+            return NumOut(y=item.x)
+
+        def mfk_predict(self) -> None: ...
+
+    Clash.__qualname__ = "Clash"
+    with pytest.raises(ConfigError, match=r"defines 'mfk_predict'.*rename"):
+        deployment(Clash)
+
+
+def test_importing_the_package_imports_neither_modal_nor_torch():
+    code = textwrap.dedent(
+        """
+        import sys
+        import modal_fastapi_kit
+        from modal_fastapi_kit import ModelServer, gpu_service
+        print(sorted(m for m in ("modal", "torch", "transformers") if m in sys.modules))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
