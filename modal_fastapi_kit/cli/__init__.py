@@ -11,12 +11,12 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from . import _check, _deploy, _serve
+from . import _check, _deploy, _edge, _serve
 from ._loading import UsageError
 
 __all__ = ["main"]
 
-COMMANDS: tuple[ModuleType, ...] = (_serve, _check, _deploy)
+COMMANDS: tuple[ModuleType, ...] = (_serve, _check, _deploy, _edge)
 
 
 def build_parser() -> argparse.ArgumentParser:
