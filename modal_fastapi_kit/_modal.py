@@ -24,8 +24,9 @@ import inspect
 import re
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -95,22 +96,27 @@ def deployment(server_cls: type[ModelServer[Any, Any]]) -> ModalDeployment:
     if isinstance(found, ModalDeployment):
         return found
     config = server_cls.config()
-    _check_deployable(server_cls)
+    _check_deployable(server_cls, config)
     python_version, packages = image_spec(config)
     image = build_image(config, python_version, packages)
     app = modal.App(config.name)
     label = config.label or config.name
+    markers = _markers(server_cls, config, label)
+    for name, marker in markers.items():
+        setattr(server_cls, name, marker)
     try:
-        for name, marker in _markers(server_cls, config, label).items():
-            setattr(server_cls, name, marker)
         gpu_cls = _register_gpu_class(app, image, server_cls, config)
         web_function = None
         if config.topology == "split":
             web_function = _register_web_function(app, image, server_cls, config, gpu_cls, label)
-    except modal.exception.InvalidError as exc:
-        raise ConfigError(
-            f"Modal rejected the deployment of {server_cls.__qualname__}: {exc}"
-        ) from exc
+    except Exception as exc:
+        for name in markers:  # leave the class as it was
+            delattr(server_cls, name)
+        if isinstance(exc, modal.exception.InvalidError):
+            raise ConfigError(
+                f"Modal rejected the deployment of {server_cls.__qualname__}: {exc}"
+            ) from exc
+        raise
     built = ModalDeployment(
         server_cls=server_cls,
         app=app,
@@ -184,7 +190,8 @@ def _requirement_name(spec: str) -> str:
 # -- GPU class ------------------------------------------------------------------------------
 
 
-def _check_deployable(server_cls: type) -> None:
+def _check_deployable(server_cls: type, config: ServiceConfig) -> None:
+    """Refuse, before anything is built, what Modal could not import or would reject."""
     if "<locals>" in server_cls.__qualname__:
         raise ConfigError(
             f"{server_cls.__qualname__} is defined inside a function; Modal imports classes by "
@@ -196,15 +203,27 @@ def _check_deployable(server_cls: type) -> None:
                 f"{server_cls.__qualname__} defines {name!r}, a name modal_fastapi_kit generates "
                 "for its Modal class: rename that attribute"
             )
-
-
-def _gpu_class_options(config: ServiceConfig, image: modal.Image) -> dict[str, Any]:
+    module = sys.modules.get(server_cls.__module__)
+    if module is None:
+        raise ConfigError(
+            f"{server_cls.__qualname__} comes from {server_cls.__module__!r}, which is not an "
+            "imported module; Modal imports the class from its file: define it in a .py file"
+        )
+    web_name = web_function_name(server_cls)
+    if config.topology == "split" and web_name in vars(module):
+        raise ConfigError(
+            f"{server_cls.__module__} already defines {web_name!r}; modal_fastapi_kit binds the "
+            f"web function of {server_cls.__name__} to that name: rename yours"
+        )
     if config.topology == "colocated" and config.retries:
         raise ConfigError(
             f"retries={config.retries!r} with topology='colocated': the GPU class then serves "
             "only web requests, which are not safe to retry (Modal rejects retries on web "
             "endpoints); set retries=0, or topology='split' to retry GPU calls"
         )
+
+
+def _gpu_class_options(config: ServiceConfig, image: modal.Image) -> dict[str, Any]:
     gpus = config.gpus
     return {
         "image": image,
@@ -393,21 +412,15 @@ def _to_wire(model: type[BaseModel], result: Any) -> Wire:
     return wire
 
 
-class _as_predict_error:
+@contextmanager
+def _as_predict_error(name: str) -> Iterator[None]:
     """Re-raise what user code raised as ``PredictError``, a type every caller can unpickle."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        if exc is None or isinstance(exc, PredictError) or not isinstance(exc, Exception):
-            return
-        raise PredictError(f"{self.name}.predict raised {type(exc).__name__}: {exc}") from exc
+    try:
+        yield
+    except PredictError:
+        raise
+    except Exception as exc:
+        raise PredictError(f"{name}.predict raised {type(exc).__name__}: {exc}") from exc
 
 
 def _resolve(value: Any) -> Any:
@@ -439,11 +452,6 @@ def _register_web_function(
 ) -> modal.Function[..., Any, Any]:
     name = web_function_name(server_cls)
     module = sys.modules[server_cls.__module__]
-    if name in vars(module):
-        raise ConfigError(
-            f"{server_cls.__module__} already defines {name!r}; modal_fastapi_kit binds the web "
-            f"function of {server_cls.__name__} to that name: rename yours"
-        )
 
     def web() -> FastAPI:
         from ._backends.remote import ModalBackend

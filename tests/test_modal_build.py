@@ -383,3 +383,31 @@ def test_importing_the_package_imports_neither_modal_nor_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+@gpu_service(name="hf-clash", volumes={HF_CACHE_PATH: "weights"}, hf_cache_volume="hf-cache")
+class HfClash(ModelServer[NumIn, NumOut]):
+    def predict(self, item: NumIn) -> NumOut:
+        return NumOut(y=item.x)
+
+
+def test_a_rejected_deployment_leaves_the_class_unmarked():
+    with pytest.raises(ConfigError, match=r"volumes mounts 'weights' at /root/.cache/huggingface"):
+        deployment(HfClash)
+    assert not [name for name in vars(HfClash) if name.startswith("mfk_")]
+    assert "HfClash_web" not in globals()
+
+
+@gpu_service(name="web-name-taken")
+class WebNameTaken(ModelServer[NumIn, NumOut]):
+    def predict(self, item: NumIn) -> NumOut:
+        return NumOut(y=item.x)
+
+
+WebNameTaken_web = "the user's own object"
+
+
+def test_the_web_function_name_must_be_free_in_the_module():
+    with pytest.raises(ConfigError, match=r"already defines 'WebNameTaken_web'.*rename yours"):
+        deployment(WebNameTaken)
+    assert globals()["WebNameTaken_web"] == "the user's own object"

@@ -43,7 +43,6 @@ __all__ = ["ModalBackend", "UpstreamError", "map_modal_error"]
 
 logger = logging.getLogger("modal_fastapi_kit")
 
-PREDICT_METHOD = "mfk_predict"  # the name _modal.py gives the GPU class's method
 CREDENTIALS_HELP = (
     "run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET "
     "(create a token at https://modal.com/settings/tokens)"
@@ -161,6 +160,8 @@ class ModalBackend:
         return task
 
     async def _call(self, payload: dict[str, Any]) -> Any:
+        from .._modal import PREDICT_METHOD
+
         method = getattr(self._obj, PREDICT_METHOD)
         try:
             return await method.remote.aio(payload)

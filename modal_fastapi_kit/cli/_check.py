@@ -8,6 +8,7 @@ not report, come from the service config and are marked so.
 from __future__ import annotations
 
 import argparse
+import inspect
 from typing import TYPE_CHECKING, Any
 
 from .._config import RetryPolicy
@@ -92,7 +93,7 @@ def describe(built: ModalDeployment) -> list[tuple[str, list[Row]]]:
         ("concurrency", _concurrency(info.concurrency_info, split and config.batched)),
         ("autoscaling*", _autoscaling(built)),
         ("memory snapshot*", _snapshot(built)),
-        ("volumes", _volumes(info.volumes, config.volumes)),
+        ("volumes", _volumes(info.volumes)),
         ("secrets*", ", ".join(config.secrets) or "-"),
         ("region / cloud", f"{', '.join(info.regions or []) or 'any'} / {info.cloud or 'any'}"),
     ]
@@ -175,8 +176,6 @@ def warnings(built: ModalDeployment) -> list[str]:
 
 
 def _async_predict(cls: type) -> bool:
-    import inspect
-
     fn = getattr(cls, "predict_batch", None) or getattr(cls, "predict", None)
     return inspect.iscoroutinefunction(fn)
 
@@ -210,7 +209,7 @@ def _batching(built: ModalDeployment, info: Any) -> str:
         return f"@modal.batched: up to {batching.max_batch_size}, wait {batching.wait_ms} ms"
     if config.batched:
         return (
-            f"the kit's batcher in the web app: up to {config.max_batch_size}, "
+            f"modal_fastapi_kit's batcher in the web app: up to {config.max_batch_size}, "
             f"wait {config.wait_ms:g} ms"
         )
     return "off (one input per call)"
@@ -236,7 +235,7 @@ def _snapshot(built: ModalDeployment) -> str:
     return "on: load() before the snapshot, to_device() and warmup() after each restore"
 
 
-def _volumes(mounts: dict[str, Any], configured: Any) -> str:
+def _volumes(mounts: dict[str, Any]) -> str:
     if not mounts:
         return "-"
     return ", ".join(f"{path} <- {mount.name or '?'}" for path, mount in sorted(mounts.items()))
