@@ -39,3 +39,13 @@ typecheck: install
 
 test: install system-deps lint typecheck
 	$(BIN)/python -m pytest
+
+# The serving benchmark (a few minutes; not part of `make test`): four servers side by side,
+# written to docs/performance.md and docs/performance.png. Benchmark-only installs: wrk, litserve
+# and matplotlib (see benchmarks/requirements.txt).
+bench: install
+	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
+	$(BIN)/python -m benchmarks.serving

@@ -1,0 +1,1 @@
+"""The servers the benchmark compares against ``mfk serve``: one module each."""

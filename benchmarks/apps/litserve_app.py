@@ -1,0 +1,54 @@
+"""The same model on LitServe, with its batching on (``max_batch_size=32``, its own wait).
+
+    python -m benchmarks.apps.litserve_app --port 8000
+
+Needs ``pip install -r benchmarks/requirements.txt``. The model code is the example's own
+(``examples/embeddings.py``); LitServe runs it in its own inference worker process.
+"""
+
+# No ``from __future__ import annotations`` here: LitServe reads the annotations of
+# decode_request / encode_response at run time and needs real classes, not strings.
+import argparse
+
+import litserve as ls  # type: ignore[import-untyped]
+
+from examples.embeddings import Embedder, EmbedIn, EmbedOut
+
+MAX_BATCH_SIZE = 32
+
+
+class EmbedAPI(ls.LitAPI):  # type: ignore[misc]
+    def setup(self, device: str) -> None:
+        self.model = Embedder()
+        self.model.load()
+        self.model.warmup()
+
+    # The annotations make LitServe validate requests and responses with the same pydantic
+    # models as the other contenders.
+    def decode_request(self, request: EmbedIn) -> EmbedIn:
+        return request
+
+    def predict(self, items: list[EmbedIn]) -> list[EmbedOut]:
+        return self.model.predict_batch(items)
+
+    def encode_response(self, output: EmbedOut) -> EmbedOut:
+        return output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    api = EmbedAPI(max_batch_size=MAX_BATCH_SIZE, api_path="/embed")
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1)
+    server.run(
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        generate_client_file=False,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

