@@ -141,9 +141,9 @@ def build_router(server_cls: type[ModelServer[Any, Any]], backend: Backend) -> S
         max_body_size=config.max_body_bytes,
     )
 
-    async def healthz() -> HealthBody:
+    async def healthz() -> Response:
         """Liveness: 200 while the process serves, whatever the model's state."""
-        return HealthBody(status="ok")
+        return JSONResponse({"status": "ok"})
 
     async def readyz() -> Response:
         """Readiness: 200 once the model has loaded and its health() agrees, else 503."""
@@ -159,7 +159,12 @@ def build_router(server_cls: type[ModelServer[Any, Any]], backend: Backend) -> S
         )
 
     router.add_api_route(
-        "/healthz", healthz, methods=["GET"], name=f"{config.name}.healthz", tags=["health"]
+        "/healthz",
+        healthz,
+        methods=["GET"],
+        name=f"{config.name}.healthz",
+        tags=["health"],
+        response_model=HealthBody,
     )
     router.add_api_route(
         "/readyz",

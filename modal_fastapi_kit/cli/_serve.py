@@ -61,12 +61,12 @@ async def _serve(server: uvicorn.Server, backend: Backend, name: str) -> int:
         await server.serve()
     finally:
         watcher.cancel()
-    if backend.state is LoadState.FAILED:
-        return 1
-    return 0 if server.started else 1
+    loaded = watcher.done() and not watcher.cancelled() and watcher.result()
+    return 0 if server.started and loaded is not False else 1
 
 
-async def _report_progress(server: uvicorn.Server, backend: Backend, name: str) -> None:
+async def _report_progress(server: uvicorn.Server, backend: Backend, name: str) -> bool:
+    """Show loading progress, then the URL; stop the server if the model fails to load."""
     while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for this)
         await asyncio.sleep(0.05)
     url = _url(server)
@@ -87,9 +87,10 @@ async def _report_progress(server: uvicorn.Server, backend: Backend, name: str) 
     elapsed = time.monotonic() - started
     if backend.state is LoadState.READY:
         _say(f"{name} ready in {elapsed:.1f}s: {url}  (docs: {url}/docs)")
-    else:
-        _say(f"error: {backend.error or 'the model did not load'}; stopping")
-        server.should_exit = True
+        return True
+    _say(f"error: {backend.error or 'the model did not load'}; stopping")
+    server.should_exit = True
+    return False
 
 
 def _url(server: uvicorn.Server) -> str:

@@ -1,0 +1,40 @@
+"""An app you already run, with the Embedder mounted under /ml.
+
+    uvicorn examples.existing_app:app --port 8000
+    curl localhost:8000/                      # the app's own route
+    curl -X POST localhost:8000/ml/embed -H 'content-type: application/json' \\
+         -d '{"text": "hello world"}'
+
+The router's lifespan loads the model; FastAPI merges it with the app's own lifespan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from examples.embeddings import Embedder
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    app.state.greeting = "hello from the existing app"
+    yield
+
+
+app = FastAPI(title="An existing app", lifespan=lifespan)
+
+
+@app.get("/")
+async def index() -> dict[str, str]:
+    return {"message": app.state.greeting}
+
+
+@app.get("/items/{item_id}")
+async def read_item(item_id: int) -> dict[str, int]:
+    return {"item_id": item_id}
+
+
+app.include_router(Embedder.router(), prefix="/ml", tags=["ml"])

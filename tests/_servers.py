@@ -1,0 +1,110 @@
+"""Start real servers on 127.0.0.1 for end-to-end tests, and always stop them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Process:
+    """A child process whose output is collected in the background."""
+
+    def __init__(
+        self, args: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT
+    ) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := regex.search(line):
+                    return match
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no line matching {pattern!r} in {timeout}s; output:\n{self.output}")
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running(
+    args: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Iterator[Process]:
+    process = Process(args, env=env, cwd=cwd)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def wait_ready(base_url: str, path: str = "/readyz", timeout: float = 120) -> list[int]:
+    """Poll ``path`` until it answers 200; return every status seen on the way."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=base_url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                status = client.get(path).status_code
+            except httpx.TransportError:
+                status = 0
+            seen.append(status)
+            if status == 200:
+                return seen
+            time.sleep(0.05)
+    raise AssertionError(f"{base_url}{path} not ready in {timeout}s; statuses: {seen[-5:]}")

@@ -1,0 +1,95 @@
+"""The router over real HTTP (uvicorn on 127.0.0.1): disconnects and concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from ._servers import free_port
+from ._toys import Probe, doubler
+
+
+class ThreadedServer:
+    def __init__(self, app: object) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def probe() -> Probe:
+    return Probe()
+
+
+@pytest.fixture
+def served(probe: Probe) -> Iterator[ThreadedServer]:
+    app = doubler(probe, max_batch_size=4, wait_ms=1).asgi_app()
+    with ThreadedServer(app) as server:
+        for _ in range(500):
+            if httpx.get(f"{server.url}/readyz").status_code == 200:
+                break
+            time.sleep(0.01)
+        yield server
+
+
+def raw_post(port: int, x: int) -> socket.socket:
+    body = f'{{"x": {x}}}'.encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(
+        b"POST /double HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+def test_a_client_that_disconnects_while_queued_is_not_computed(served, probe):
+    probe.gate.clear()
+    running = raw_post(served.port, 1)
+    assert probe.entered.wait(5)
+    gone = raw_post(served.port, 2)
+    time.sleep(0.2)  # let the server read the request and queue it
+    gone.close()
+    time.sleep(0.3)  # let the server notice the disconnect
+    probe.gate.set()
+    assert b"200 OK" in running.recv(4096)
+    running.close()
+    assert httpx.post(f"{served.url}/double", json={"x": 3}).json() == {"y": 6}
+    assert probe.batches == [[1], [3]]
+
+
+def test_many_concurrent_clients_each_get_their_own_answer(served, probe):
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(base_url=served.url, timeout=10) as client:
+            responses = await asyncio.gather(
+                *(client.post("/double", json={"x": x}) for x in range(64))
+            )
+        return [r.json()["y"] for r in responses]
+
+    assert asyncio.run(main()) == [2 * x for x in range(64)]
+    assert max(len(b) for b in probe.batches) > 1, "concurrent requests should share batches"
+    assert max(len(b) for b in probe.batches) <= 4

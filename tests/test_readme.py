@@ -1,0 +1,76 @@
+"""Every code block in the README runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from ._servers import BIN, ROOT, free_port, running, wait_ready
+
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
+PYTHON = [code for lang, code in BLOCKS if lang == "python"]
+BASH = [code for lang, code in BLOCKS if lang == "bash"]
+
+pytestmark = pytest.mark.e2e
+
+
+def bash_block(containing: str) -> str:
+    matches = [code for code in BASH if containing in code]
+    assert len(matches) == 1, containing
+    return matches[0]
+
+
+def test_the_readme_has_the_blocks_this_file_runs():
+    assert len(PYTHON) == 2
+    assert len(BASH) == 4
+
+
+def test_quickstart_serves_with_mfk_and_answers_the_curl(tmp_path: Path):
+    (tmp_path / "embeddings.py").write_text(PYTHON[0])
+    serve = bash_block("mfk serve embeddings.py").split("#")[0].split()
+    port = free_port()
+    with running([str(BIN / serve[0]), *serve[1:], "--port", str(port)], cwd=tmp_path) as p:
+        wait_ready(f"http://127.0.0.1:{port}", timeout=120)
+        curl = bash_block("curl").replace("localhost:8000", f"127.0.0.1:{port}")
+        out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith('{"embedding":[')
+        body = httpx.post(f"http://127.0.0.1:{port}/embed", json={"text": "hi"}).json()
+        assert len(body["embedding"]) == 384
+    assert "Embedder ready" in p.output
+
+
+def test_mount_block_serves_under_prefix():
+    namespace: dict[str, object] = {}
+    exec(compile(PYTHON[1], "README.md", "exec"), namespace)
+    with TestClient(namespace["app"]) as client:  # type: ignore[arg-type]
+        for _ in range(600):
+            if client.get("/ml/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        response = client.post("/ml/embed", json={"text": "hello"})
+        assert response.status_code == 200
+        assert len(response.json()["embedding"]) == 384
+
+
+def test_make_targets_named_in_the_readme_exist():
+    block = bash_block("make serve")
+    makefile = (ROOT / "Makefile").read_text()
+    for target in re.findall(r"^make (\w+)", block, flags=re.M):
+        assert re.search(rf"^{target}:", makefile, flags=re.M), target
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
+
+
+def test_install_lines_name_real_extras():
+    block = bash_block("pip install")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for extra in re.findall(r"modal-fastapi-kit\[(\w+)\]", block):
+        assert re.search(rf"^{extra} = \[", pyproject, flags=re.M), extra
