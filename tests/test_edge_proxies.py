@@ -286,6 +286,20 @@ def test_edge_refuses_an_origin_certificate_it_cannot_verify(
     assert response.status_code == 502
 
 
+def test_stand_in_routes_on_host_and_sni_like_modal(setup: Setup) -> None:
+    # Every 200 through an edge therefore proves the edge sent the origin's Host and SNI.
+    wrong_host = setup.origin("GET", "/whoami", {**_token(edge=True), "host": "other.test"})
+    assert wrong_host.status_code == 404
+    context = ssl.create_default_context(cafile=str(setup.ca.cert))
+    context.check_hostname = False  # only the server's SNI check can refuse this one
+    with httpx.Client(verify=context, timeout=10.0) as fresh, pytest.raises(httpx.ConnectError):
+        fresh.get(
+            f"https://127.0.0.1:{setup.origin_port}/whoami",
+            headers={"host": origin.ORIGIN_HOST, **_token(edge=True)},
+            extensions={"sni_hostname": "other.test"},
+        )
+
+
 def test_origin_without_token_answers_401(setup: Setup) -> None:
     assert setup.origin("GET", "/whoami", {}).status_code == 401
     wrong = {"modal-key": origin.MODAL_KEY, "modal-secret": "ws-wrong"}
