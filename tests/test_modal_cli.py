@@ -168,3 +168,10 @@ def test_deploy_refuses_a_file_that_does_not_bind_app(tmp_path):
     done = mfk("deploy", str(path), env=no_credentials(tmp_path))
     assert done.returncode == 2
     assert "add `app = Svc.modal_app()` at module level" in done.stderr
+
+
+def test_check_warns_when_the_app_is_not_bound(tmp_path):
+    path = service_file(tmp_path, 'name="svc", gpu="A10", max_batch_size=4', bind_app=False)
+    done = mfk("check", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "warning: the file does not bind the app: add `app = Svc.modal_app()`" in done.stdout

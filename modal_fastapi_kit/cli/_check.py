@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .._config import RetryPolicy
@@ -130,6 +131,11 @@ def warnings(built: ModalDeployment) -> list[str]:
     config = built.config
     cls = built.server_cls
     found: list[str] = []
+    if getattr(sys.modules.get(cls.__module__), "app", None) is not built.app:
+        found.append(
+            f"the file does not bind the app: add `app = {cls.__name__}.modal_app()` at module "
+            "level, or `modal deploy` finds nothing to deploy"
+        )
     if config.topology == "colocated" and config.max_concurrent_inputs < config.max_batch_size:
         found.append(
             f"topology='colocated' with max_concurrent_inputs={config.max_concurrent_inputs} < "
