@@ -37,8 +37,9 @@ found = user_code_imports._get_cls_or_user_cls(class_def, None)
 app = user_code_imports.get_active_app_fallback(class_def)
 built = found.__mfk_modal_deployment__
 service_function = synchronizer._translate_in(built.gpu_cls)._get_class_service_function()
-partials = _Cls._from_local(found, app, service_function)._get_partial_functions()
-instance = found()
+local_cls = _Cls._from_local(found, app, service_function)
+partials = local_cls._get_partial_functions()
+instance = user_code_imports.get_user_class_instance(local_cls, (), {})  # the container's `self`
 enter = _find_callables_for_obj(instance, F.ENTER_PRE_SNAPSHOT | F.ENTER_POST_SNAPSHOT)
 
 web_def = api_pb2.Function(module_name="embeddings", implementation_name="Embedder_web",
@@ -61,6 +62,7 @@ print(json.dumps({
                         "batched": bool(pf.flags & F.BATCHED),
                         "batch": [pf.params.batch_max_size, pf.params.batch_wait_ms]}
                  for name, pf in partials.items()},
+    "instance": f"{type(instance).__module__}.{type(instance).__qualname__}",
     "enter_callables": sorted(enter),
     "web_callable": web._user_defined_callable.__name__,
     "web_app_is_the_modules": web.app is app,
@@ -100,6 +102,7 @@ def test_container_import_finds_the_marked_class_and_the_web_function(tmp_path):
         "mfk_enter": {"enter": True, "batched": False, "batch": [None, None]},
         "mfk_predict": {"enter": False, "batched": True, "batch": [32, 5]},
     }
+    assert seen["instance"] == "embeddings.Embedder"
     assert seen["enter_callables"] == ["mfk_enter"]
     assert seen["web_callable"] == "Embedder_web"
     assert seen["web_app_is_the_modules"] is True
