@@ -7,12 +7,14 @@ config Modal would send, from Modal's own objects.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import importlib.metadata
 import subprocess
 import sys
 import textwrap
 import time
 
+import modal
 import pytest
 from fastapi.testclient import TestClient
 from modal._partial_function import _PartialFunctionFlags
@@ -21,7 +23,7 @@ from modal.cls import _Cls
 from pydantic import BaseModel
 
 from modal_fastapi_kit import ConfigError, ModelServer, PredictError, RetryPolicy, gpu_service
-from modal_fastapi_kit._modal import HF_CACHE_PATH, deployment, image_spec
+from modal_fastapi_kit._modal import HF_CACHE_PATH, _retries, deployment, image_spec
 
 
 class NumIn(BaseModel):
@@ -183,9 +185,14 @@ def test_split_batched_gpu_class_carries_every_option():
 
 
 def test_retry_policy_maps_to_modal_retries():
-    raw = synchronizer._translate_in(deployment(SplitBatched).gpu_cls)
-    # the class service function is what Modal retries; its proto carries the policy
-    assert raw._get_class_service_function()._function_info.max_retries == 3
+    retries = _retries(SplitBatched.config().retries)
+    assert isinstance(retries, modal.Retries)
+    assert retries.max_retries == 3
+    assert retries.backoff_coefficient == 1.5
+    assert retries.initial_delay == datetime.timedelta(seconds=2)
+    assert retries.max_delay == datetime.timedelta(seconds=30)
+    assert _retries(2) == 2  # an int goes to Modal as is (fixed 1 s delay)
+    assert _retries(0) is None
 
 
 def test_unbatched_class_uses_method_and_class_level_concurrency_and_gpu_fallbacks():
