@@ -6,6 +6,7 @@ client --TLS api.example.test--> nginx|Caddy --TLS ws--embeddings.modal.test--> 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -190,6 +191,21 @@ def test_embedding_through_the_edge(setup: Setup, edge: tuple[str, int]) -> None
     vector = response.json()["embedding"]
     assert len(vector) == 384
     assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, rel_tol=1e-3)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_embedding_with_curl_resolve(setup: Setup, edge: tuple[str, int]) -> None:
+    _, port = edge
+    done = subprocess.run(
+        ["curl", "--silent", "--show-error", "--max-time", "20",
+         "--resolve", f"{origin.PUBLIC_HOST}:{port}:127.0.0.1", "--cacert", str(setup.ca.cert),
+         "--header", "content-type: application/json", "--data", '{"text": "hello world"}',
+         "--write-out", "\\n%{http_code}", f"https://{origin.PUBLIC_HOST}:{port}/embed"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    body, _, status = done.stdout.rpartition("\n")
+    assert status == "200", done.stdout + done.stderr
+    assert len(json.loads(body)["embedding"]) == 384
 
 
 def test_spoofed_headers_do_not_get_through(setup: Setup, edge: tuple[str, int]) -> None:
