@@ -1,4 +1,5 @@
-"""``mfk check`` and ``mfk deploy``, run as a user runs them, in fresh processes."""
+"""``mfk check`` and ``mfk deploy``, run as a user runs them in fresh processes, plus the
+deploy output helpers in-process (no deploy is ever started)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,28 @@ import sys
 import textwrap
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from modal_fastapi_kit import ModelServer, gpu_service
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "embeddings.py"
+
+
+class In(BaseModel):
+    x: int
+
+
+@gpu_service(name="cli-split", route="/double", label="single-api", requires_proxy_auth=True)
+class SplitSingle(ModelServer[In, In]):
+    def predict(self, item: In) -> In:
+        return item
+
+
+@gpu_service(name="colocated", topology="colocated", custom_domains=["api.example.com"])
+class Colocated(ModelServer[In, In]):
+    def predict(self, item: In) -> In:
+        return item
 
 
 def mfk(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None):
@@ -175,3 +196,31 @@ def test_check_warns_when_the_app_is_not_bound(tmp_path):
     done = mfk("check", str(path))
     assert done.returncode == 0, done.stderr
     assert "warning: the file does not bind the app: add `app = Svc.modal_app()`" in done.stdout
+
+
+def test_deploy_output_is_echoed_and_its_urls_collected(capsys):
+    from modal_fastapi_kit.cli._deploy import _run_streaming
+
+    script = "print('created web function => https://ws--embeddings-api.modal.run'); print('done')"
+    assert _run_streaming([sys.executable, "-c", script]) == [
+        "https://ws--embeddings-api.modal.run"
+    ]
+    assert "done" in capsys.readouterr().out
+    assert _run_streaming([sys.executable, "-c", "raise SystemExit(3)"]) is None
+    assert "exited with status 3" in capsys.readouterr().err
+
+
+def test_next_steps_name_the_url_and_the_custom_domain_routes(capsys):
+    from modal_fastapi_kit._modal import deployment
+    from modal_fastapi_kit.cli._deploy import _next_steps
+
+    _next_steps(deployment(SplitSingle), ["https://ws--single-api.modal.run"])
+    out = capsys.readouterr().out
+    assert "Endpoint: https://ws--single-api.modal.run" in out
+    assert "curl -X POST https://ws--single-api.modal.run/double" in out
+    assert "Modal-Key: wk-" in out  # requires_proxy_auth=True
+    assert "`mfk edge`" in out
+    _next_steps(deployment(Colocated), [])
+    out = capsys.readouterr().out
+    assert "Endpoint: https://<workspace>--colocated.modal.run" in out
+    assert "point api.example.com at Modal" in out
