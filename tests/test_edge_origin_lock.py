@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from modal_fastapi_kit import ConfigError, OriginLock, ServiceConfig, apply_origin_lock
 
@@ -137,3 +138,20 @@ def test_apply_origin_lock_does_nothing_when_not_asked() -> None:
     app = FastAPI()
     apply_origin_lock(app, _config(), environ={})
     assert app.user_middleware == []
+
+
+def test_websocket_without_the_secret_is_closed_and_with_it_sees_wss() -> None:
+    app = FastAPI()
+
+    @app.websocket("/ws", name="ws")
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(str(websocket.url_for("ws")))
+        await websocket.close()
+
+    app.add_middleware(OriginLock, secret=SECRET, public_hosts=[PUBLIC])
+    client = TestClient(app)
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws"):
+        pass
+    with client.websocket_connect("/ws", headers=_edge()) as socket:
+        assert socket.receive_text() == f"wss://{PUBLIC}/ws"
