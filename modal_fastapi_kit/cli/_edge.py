@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     try:
         spec = EdgeSpec(
-            domain=args.domain,
+            domain=args.domain.lower(),
             origin=args.origin,
             listen=args.listen,
             cert=args.cert,
