@@ -190,7 +190,7 @@ def map_modal_error(exc: BaseException, backend: ModalBackend) -> ServingError:
     name = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, modal_errors.AuthError | modal_errors.PermissionDeniedError):
         return BackendUnavailable(
-            f"Modal rejected this server's credentials ({name}); {CREDENTIALS_HELP}"
+            f"Modal did not accept this server's credentials ({name}); {CREDENTIALS_HELP}"
         )
     if isinstance(exc, modal_errors.NotFoundError):
         return BackendUnavailable(
