@@ -23,7 +23,7 @@ from modal.cls import _Cls
 from pydantic import BaseModel
 
 from modal_fastapi_kit import ConfigError, ModelServer, PredictError, RetryPolicy, gpu_service
-from modal_fastapi_kit._modal import HF_CACHE_PATH, _retries, deployment, image_spec
+from modal_fastapi_kit._modal import HF_CACHE_PATH, _retries, build_image, deployment, image_spec
 
 
 class NumIn(BaseModel):
@@ -418,3 +418,28 @@ def test_the_web_function_name_must_be_free_in_the_module():
     with pytest.raises(ConfigError, match=r"already defines 'WebNameTaken_web'.*rename yours"):
         deployment(WebNameTaken)
     assert globals()["WebNameTaken_web"] == "the user's own object"
+
+
+def test_image_steps_run_in_order_with_local_sources_last(monkeypatch):
+    calls: list[tuple[str, object]] = []
+    for step in ("apt_install", "pip_install", "env", "add_local_python_source"):
+        real = getattr(modal.Image, step)
+
+        def spy(self, *args, _real=real, _step=step, **kwargs):
+            calls.append((_step, args))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(modal.Image, step, spy)
+    config = SplitBatched.config()
+    python, packages = image_spec(config)
+    build_image(config, python, packages)
+    assert [name for name, _ in calls] == [
+        "apt_install",
+        "pip_install",
+        "env",
+        "add_local_python_source",
+    ]
+    assert calls[0][1] == ("git",)
+    assert calls[1][1] == packages
+    assert calls[2][1] == ({"MODE": "prod", "HF_HOME": HF_CACHE_PATH},)
+    assert calls[3][1] == ("modal_fastapi_kit",)
