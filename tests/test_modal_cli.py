@@ -82,10 +82,10 @@ def test_check_prints_the_example_deployment_read_back_from_modal():
     out = done.stdout
     for expected in (
         "app embeddings-api",
-        "python            3.",
+        "python*           3.",
         "torch==2.13.0",
         "fastapi==",
-        "local sources     modal_fastapi_kit",
+        "local sources*    modal_fastapi_kit",
         "gpu               A10",
         "methods: mfk_predict",
         "@modal.batched: up to 32, wait 5 ms",

@@ -1,8 +1,8 @@
 """``mfk check FILE.py[:Class]``: the generated Modal deployment as a table, plus warnings.
 
 Every value about the GPU class and the web function is read back from the Modal objects
-through their public ``info()``; autoscaling, label and custom domains, which ``info()`` does
-not report, come from the service config and are marked so.
+through their public ``info()``; what ``info()`` does not report (the image steps, autoscaling,
+label, custom domains) comes from the config and is marked ``*``.
 """
 
 from __future__ import annotations
@@ -75,11 +75,11 @@ def describe(built: ModalDeployment) -> list[tuple[str, list[Row]]]:
     info = getattr(built.gpu_cls(), gpu_method).info()
 
     image = [
-        ("python", built.python_version),
-        ("pip", ", ".join(built.packages)),
-        ("apt", ", ".join(config.apt_packages) or "-"),
-        ("env", ", ".join(sorted(config.env)) or "-"),
-        ("local sources", ", ".join((LIBRARY, *config.local_sources))),
+        ("python*", built.python_version),
+        ("pip*", ", ".join(built.packages)),
+        ("apt*", ", ".join(config.apt_packages) or "-"),
+        ("env*", ", ".join(sorted(config.env)) or "-"),
+        ("local sources*", ", ".join((LIBRARY, *config.local_sources))),
     ]
     gpu_class = [
         ("class", f"{built.server_cls.__name__} (methods: {', '.join(info.method_names or [])})"),
@@ -119,10 +119,10 @@ def describe(built: ModalDeployment) -> list[tuple[str, list[Row]]]:
         ("routes", f"POST {config.route}, GET /healthz, GET /readyz, GET /docs"),
     ]
     return [
-        (f"app {built.app.name}", [("image", "debian slim"), *image]),
+        (f"app {built.app.name}", [("image*", "debian slim"), *image]),
         ("GPU class", gpu_class),
         ("web endpoint", web),
-        ("* from the service config; Modal's info() does not report it", []),
+        ("* not reported by Modal's info(): from the config and the image steps", []),
     ]
 
 
