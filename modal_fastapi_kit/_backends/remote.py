@@ -175,10 +175,13 @@ class ModalBackend:
         self._state = LoadState.STOPPED
         if self._lookup is not None:
             self._lookup.cancel()
+            await asyncio.wait({self._lookup})
         if self._calls:  # drain: in-flight calls finish, within the request deadline
             _, pending = await asyncio.wait(set(self._calls), timeout=self.config.request_timeout)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending)
 
 
 def map_modal_error(exc: BaseException, backend: ModalBackend) -> ServingError:
