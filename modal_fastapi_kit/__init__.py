@@ -14,6 +14,7 @@ from ._errors import NotReadyError as NotReadyError
 from ._errors import PredictError as PredictError
 from ._errors import QueueFullError as QueueFullError
 from ._errors import ServingError as ServingError
+from ._errors import UpstreamError as UpstreamError
 from ._origin_lock import OriginLock as OriginLock
 from ._origin_lock import apply_origin_lock as apply_origin_lock
 from ._router import ErrorBody as ErrorBody
@@ -40,6 +41,7 @@ __all__ = [
     "ServiceConfig",
     "ServiceRouter",
     "ServingError",
+    "UpstreamError",
     "apply_origin_lock",
     "gpu_service",
 ]

@@ -67,6 +67,12 @@ class BackendUnavailable(ServingError):
     retry_after = 5
 
 
+class UpstreamError(BackendUnavailable):
+    """The backend (Modal) took the request but failed to run it."""
+
+    status_code = 502
+
+
 def missing_extra(package: str, extra: str) -> MissingExtraError:
     """Build the error for an optional import that failed."""
     return MissingExtraError(

@@ -35,11 +35,12 @@ from .._errors import (
     NotReadyError,
     PredictError,
     ServingError,
+    UpstreamError,
 )
 from .._server import ModelServer
 from ._base import LoadState
 
-__all__ = ["ModalBackend", "UpstreamError", "map_modal_error"]
+__all__ = ["ModalBackend", "map_modal_error"]
 
 logger = logging.getLogger("modal_fastapi_kit")
 
@@ -49,12 +50,6 @@ CREDENTIALS_HELP = (
 )
 DEFAULT_LOOKUP_RETRY = 10.0  # seconds before the first new lookup after a failed one
 MAX_LOOKUP_RETRY = 300.0
-
-
-class UpstreamError(BackendUnavailable):
-    """Modal took the request but failed to run it (502)."""
-
-    status_code = 502
 
 
 class ModalBackend:
