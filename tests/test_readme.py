@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -28,8 +29,8 @@ def bash_block(containing: str) -> str:
 
 
 def test_the_readme_has_the_blocks_this_file_runs():
-    assert len(PYTHON) == 2
-    assert len(BASH) == 4
+    assert len(PYTHON) == 3
+    assert len(BASH) == 6
 
 
 def test_quickstart_serves_with_mfk_and_answers_the_curl(tmp_path: Path):
@@ -74,3 +75,47 @@ def test_install_lines_name_real_extras():
     pyproject = (ROOT / "pyproject.toml").read_text()
     for extra in re.findall(r"modal-fastapi-kit\[(\w+)\]", block):
         assert re.search(rf"^{extra} = \[", pyproject, flags=re.M), extra
+
+
+def test_modal_app_line_is_what_the_example_binds():
+    example = (ROOT / "examples" / "embeddings.py").read_text()
+    line = PYTHON[2].split("#")[0].strip()
+    assert line in example
+
+
+def test_check_and_deploy_lines(tmp_path: Path):
+    check, deploy = (
+        line.split("#")[0].split() for line in bash_block("mfk check").strip().splitlines()
+    )
+    out = subprocess.run(
+        [str(BIN / check[0]), *check[1:]], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert "app embeddings-api" in out.stdout and "@modal.batched: up to 32" in out.stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env["HOME"] = str(tmp_path)  # no ~/.modal.toml: no credentials
+    out = subprocess.run(
+        [str(BIN / deploy[0]), *deploy[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    assert out.returncode == 1
+    assert "modal token new" in out.stdout + out.stderr
+
+
+def test_edge_block_writes_a_config(tmp_path: Path):
+    block = bash_block("mfk edge").replace("XXXX", "readme-test-token")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("MFK_EDGE_SECRET", None)
+    out = subprocess.run(
+        ["bash", "-ec", block], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    confs = list((tmp_path / "edge").rglob("*.conf"))
+    assert confs, out.stdout
+    text = "".join(p.read_text() for p in confs)
+    assert "api.example.com" in text and "acme--embeddings-api.modal.run" in text
+    assert "wk-readme-test-token" in text
