@@ -9,6 +9,8 @@ Batch-forming policy:
   waited ``wait_ms``, whichever comes first. After a lone request (the model was idle) the
   target is one, so a request on an idle model goes at once: batching costs no latency at
   low load, and at high load the target follows the load.
+- A finished batch frees its run slot before its results are delivered, so the next batch
+  is already on its way to the model while the event loop writes the previous answers.
 - An item whose future is already done (its client went away, or its deadline passed and
   the caller gave up) is dropped when the batch forms and never computed.
 """
@@ -164,6 +166,7 @@ class Batcher(Generic[In, Out]):
         return batch
 
     async def _run(self, batch: list[_Pending[In, Out]]) -> None:
+        released = False
         try:
             try:
                 results = await self._run_batch([p.item for p in batch])
@@ -181,9 +184,18 @@ class Batcher(Generic[In, Out]):
                     if not p.future.done():
                         p.future.set_exception(error)
                 return
-            for p, result in zip(batch, results, strict=True):
-                if not p.future.done():
-                    p.future.set_result(result)
+            # Free the slot and yield once before answering: the worker, woken first, hands
+            # the next batch to the model, and only then do this batch's callers resume to
+            # write their answers. The other order leaves the model idle while they do.
+            released = True
+            self._slots.release()
+            try:
+                await asyncio.sleep(0)
+            finally:
+                for p, result in zip(batch, results, strict=True):
+                    if not p.future.done():
+                        p.future.set_result(result)
         finally:
             self.batches_run += 1
-            self._slots.release()
+            if not released:
+                self._slots.release()
