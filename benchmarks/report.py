@@ -53,6 +53,8 @@ def render(run: Run) -> str:
         f"- software: Python {run.machine['python']}; {run.machine['packages']}",
         f"- load generator: `{run.generator}`, one process, closed loop, {run.seconds:.0f} s "
         "measured per concurrency after a warm-up run; one short sentence per request",
+        f"- rounds: {run.rounds}; each figure is the best round for that server and "
+        "concurrency (or batch size), peak memory the highest of any round",
         f"- load average (1, 5, 15 min) before: {run.load_before}; after: {run.load_after}",
         "",
         "**The ceiling** (`Embedder.predict_batch` in-process, no HTTP):",

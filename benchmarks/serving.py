@@ -35,7 +35,7 @@ from benchmarks.load import Generator, LoadResult, available_generator, run_load
 from benchmarks.memory import TreeSampler, tree_cpu_seconds
 from benchmarks.report import write_plot, write_report
 
-__all__ = ["Measurement", "Preset", "Run", "main"]
+__all__ = ["Measurement", "Preset", "Run", "best_of", "main"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,13 @@ class Preset:
     ceiling_seconds: float  # per batch size
     batch_sizes: str
     import_runs: int
+    rounds: int  # every contender, ceiling included, is measured this many times
 
 
-FULL = Preset(seconds=10, warmup=3, ceiling_seconds=4, batch_sizes="1,8,16,32,64", import_runs=7)
-QUICK = Preset(seconds=1, warmup=1, ceiling_seconds=0.5, batch_sizes="1,8", import_runs=1)
+FULL = Preset(
+    seconds=10, warmup=3, ceiling_seconds=4, batch_sizes="1,8,16,32,64", import_runs=7, rounds=2
+)
+QUICK = Preset(seconds=1, warmup=1, ceiling_seconds=0.5, batch_sizes="1,8", import_runs=1, rounds=1)
 
 
 @dataclass
@@ -77,6 +80,7 @@ class Run:
     machine: dict[str, str]
     generator: str
     seconds: float
+    rounds: int
     concurrency: list[int]
     ceiling: dict[int, float]
     ceiling_rss: int
@@ -173,6 +177,29 @@ def measure_server(
     return found
 
 
+def best_of(rounds: list[Measurement]) -> Measurement:
+    """One contender over several rounds: per concurrency, the round that served the most.
+
+    Load from other work on a shared machine only ever slows a run down, so the best round
+    is the closest to what the server can do; every contender is treated the same way.
+    Memory is the highest peak of any round.
+    """
+    first = rounds[0]
+    merged = Measurement(key=first.key, label=first.label, ready_seconds=first.ready_seconds)
+    for c in sorted({r.concurrency for m in rounds for r in m.results}):
+        served = [(m.at(c), m) for m in rounds if m.at(c) is not None]
+        result, source = max(served, key=lambda pair: pair[0].rps if pair[0] else 0.0)
+        assert result is not None
+        merged.results.append(result)
+        merged.cpu_ms_per_request[c] = source.cpu_ms_per_request[c]
+    merged.peak_rss = max(m.peak_rss for m in rounds)
+    merged.peak_pss = max(m.peak_pss for m in rounds)
+    merged.processes = max(m.processes for m in rounds)
+    errors = [m.error for m in rounds if m.error]
+    merged.error = "; ".join(errors) if errors else None
+    return merged
+
+
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -191,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--seconds", type=float, help="measured seconds per concurrency")
+    parser.add_argument("--rounds", type=int, help="measure everything this many times")
     parser.add_argument("--load-generator", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
         "--out-dir", type=Path, default=ROOT / "docs", help="where performance.md/.png go"
@@ -199,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     seconds = float(args.seconds or preset.seconds)
+    rounds = int(args.rounds or preset.rounds)
     concurrency = [int(c) for c in args.concurrency.split(",")]
     generator: Generator = (
         available_generator() if args.load_generator == "auto" else args.load_generator
@@ -218,14 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _loadavg()
     _say("import time of modal_fastapi_kit")
     cost = imports.measure(preset.import_runs)
-    _say(f"ceiling: batch sizes {preset.batch_sizes}")
-    ceiling, ceiling_rss = measure_ceiling(preset.batch_sizes, preset.ceiling_seconds)
-    measurements = []
+    ceilings: list[tuple[dict[int, float], int]] = []
+    per_round: list[dict[str, Measurement]] = []
     with tempfile.TemporaryDirectory(prefix="mfk-bench-") as logs:
-        for key in keys:
-            _say(f"{key}: starting")
-            measurements.append(
-                measure_server(
+        for number in range(1, rounds + 1):
+            _say(f"round {number} of {rounds}; ceiling: batch sizes {preset.batch_sizes}")
+            ceilings.append(measure_ceiling(preset.batch_sizes, preset.ceiling_seconds))
+            per_round.append({})
+            # Every other round runs the servers in reverse order, so that a machine that
+            # grows busier or quieter during the run favours nobody.
+            for key in keys if number % 2 else keys[::-1]:
+                _say(f"{key}: starting")
+                found = measure_server(
                     key,
                     concurrency,
                     generator=generator,
@@ -233,14 +266,18 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=preset.warmup,
                     log_dir=Path(logs),
                 )
-            )
-            if measurements[-1].error:
-                _say(Path(logs, f"{key}.log").read_text()[-3000:])
+                per_round[-1][key] = found
+                if found.error:
+                    _say(Path(logs, f"{key}.log").read_text()[-3000:])
+    ceiling = {size: max(c[0][size] for c in ceilings) for size in ceilings[0][0]}
+    ceiling_rss = max(c[1] for c in ceilings)
+    measurements = [best_of([r[key] for r in per_round]) for key in keys]
     run = Run(
         command=command.strip(),
         machine=machine(),
         generator=generator,
         seconds=seconds,
+        rounds=rounds,
         concurrency=concurrency,
         ceiling=ceiling,
         ceiling_rss=ceiling_rss,
