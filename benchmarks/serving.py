@@ -12,7 +12,8 @@ Contenders, one after the other, never two at once:
 
 Each server is started, warmed, driven at each concurrency (a short warm-up run, then the
 measured run), and stopped, also when something fails. Its peak memory is the summed RSS of
-all its processes, sampled every 0.25 s from start to stop.
+all its processes, sampled every 0.25 s from start to stop. A full run measures everything
+twice (``--rounds``) and reports each server's best round.
 """
 
 from __future__ import annotations
