@@ -2,7 +2,8 @@
 
     python -m benchmarks.ceiling --seconds 3 --batch-sizes 1,8,16,32,64
 
-Prints one JSON line: texts/s per batch size and the process's peak RSS. It calls the same
+Prints one JSON line: texts/s and CPU milliseconds per text for each batch size, and the
+process's peak RSS. It calls the same
 ``Embedder.predict_batch`` the servers call, with the same sentence, so the served rates
 divide by these to give the share of the model's own speed that serving keeps.
 """
@@ -19,23 +20,23 @@ from benchmarks.load import SENTENCE
 __all__ = ["measure"]
 
 
-def measure(batch_sizes: list[int], seconds: float) -> dict[int, float]:
-    """Texts per second for each batch size, each measured for about ``seconds``."""
+def measure(batch_sizes: list[int], seconds: float) -> dict[int, tuple[float, float]]:
+    """Texts per second and CPU ms per text for each batch size, each for about ``seconds``."""
     from examples.embeddings import Embedder, EmbedIn
 
     model = Embedder()
     model.load()
     model.warmup()
-    rates: dict[int, float] = {}
+    rates: dict[int, tuple[float, float]] = {}
     for size in batch_sizes:
         items = [EmbedIn(text=SENTENCE) for _ in range(size)]
         model.predict_batch(items)  # warm this shape
         done = 0
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         while (elapsed := time.perf_counter() - started) < seconds:
             model.predict_batch(items)
             done += size
-        rates[size] = done / elapsed
+        rates[size] = done / elapsed, 1000 * (time.process_time() - cpu_started) / done
     return rates
 
 
@@ -45,9 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", default="1,8,16,32,64")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.batch_sizes.split(",")]
-    rates = measure(sizes, args.seconds)
+    measured = measure(sizes, args.seconds)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"rates": rates, "peak_rss": peak_rss}))
+    rates = {size: rate for size, (rate, _) in measured.items()}
+    cpu_ms = {size: cpu for size, (_, cpu) in measured.items()}
+    print(json.dumps({"rates": rates, "cpu_ms_per_text": cpu_ms, "peak_rss": peak_rss}))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ def render(run: Run) -> str:
         "| batch size | " + " | ".join(str(s) for s in run.ceiling) + " |",
         "|---|" + "---:|" * len(run.ceiling),
         "| texts/s | " + " | ".join(f"{r:.0f}" for r in run.ceiling.values()) + " |",
+        "| CPU ms per text | "
+        + " | ".join(f"{run.ceiling_cpu_ms.get(s, 0.0):.2f}" for s in run.ceiling)
+        + " |",
         "",
         "**Served** (requests/s; latency in ms; ratios of requests/s):",
         "",

@@ -36,7 +36,7 @@ from benchmarks.load import Generator, LoadResult, available_generator, run_load
 from benchmarks.memory import TreeSampler, tree_cpu_seconds
 from benchmarks.report import write_plot, write_report
 
-__all__ = ["Measurement", "Preset", "Run", "best_of", "main"]
+__all__ = ["Ceiling", "Measurement", "Preset", "Run", "best_of", "main"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class Run:
     rounds: int
     concurrency: list[int]
     ceiling: dict[int, float]
+    ceiling_cpu_ms: dict[int, float]
     ceiling_rss: int
     measurements: list[Measurement]
     imports: dict[str, Any] | None = None
@@ -127,7 +128,14 @@ print(", ".join(found))
 """
 
 
-def measure_ceiling(batch_sizes: str, seconds: float) -> tuple[dict[int, float], int]:
+@dataclass
+class Ceiling:
+    rates: dict[int, float]  # texts/s per batch size
+    cpu_ms_per_text: dict[int, float]
+    peak_rss: int
+
+
+def measure_ceiling(batch_sizes: str, seconds: float) -> Ceiling:
     done = subprocess.run(
         [
             *(sys.executable, "-m", "benchmarks.ceiling"),
@@ -141,7 +149,11 @@ def measure_ceiling(batch_sizes: str, seconds: float) -> tuple[dict[int, float],
         check=True,
     )
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    return {int(k): float(v) for k, v in found["rates"].items()}, int(found["peak_rss"])
+    return Ceiling(
+        rates={int(k): float(v) for k, v in found["rates"].items()},
+        cpu_ms_per_text={int(k): float(v) for k, v in found["cpu_ms_per_text"].items()},
+        peak_rss=int(found["peak_rss"]),
+    )
 
 
 def measure_server(
@@ -248,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _loadavg()
     _say("import time of modal_fastapi_kit")
     cost = imports.measure(preset.import_runs)
-    ceilings: list[tuple[dict[int, float], int]] = []
+    ceilings: list[Ceiling] = []
     per_round: list[dict[str, Measurement]] = []
     with tempfile.TemporaryDirectory(prefix="mfk-bench-") as logs:
         for number in range(1, rounds + 1):
@@ -270,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
                 per_round[-1][key] = found
                 if found.error:
                     _say(Path(logs, f"{key}.log").read_text()[-3000:])
-    ceiling = {size: max(c[0][size] for c in ceilings) for size in ceilings[0][0]}
-    ceiling_rss = max(c[1] for c in ceilings)
+    # Per batch size, the best round, and the CPU per text of that same round.
+    best = {size: max(ceilings, key=lambda c: c.rates[size]) for size in ceilings[0].rates}
+    ceiling = {size: c.rates[size] for size, c in best.items()}
+    ceiling_cpu = {size: c.cpu_ms_per_text[size] for size, c in best.items()}
+    ceiling_rss = max(c.peak_rss for c in ceilings)
     measurements = [best_of([r[key] for r in per_round]) for key in keys]
     run = Run(
         command=command.strip(),
@@ -281,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds=rounds,
         concurrency=concurrency,
         ceiling=ceiling,
+        ceiling_cpu_ms=ceiling_cpu,
         ceiling_rss=ceiling_rss,
         measurements=measurements,
         imports={**asdict(cost), "share": cost.share},
