@@ -39,6 +39,15 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 else "n/a"
 
 
+def _generator_share(run: Run) -> str:
+    """The load generator's CPU, as a share of one core, over all measured runs."""
+    results = [r for m in run.measurements for r in m.results]
+    seconds = sum(r.seconds for r in results)
+    if not seconds:
+        return "n/a"
+    return f"{100 * sum(r.generator_cpu_s for r in results) / seconds:.1f}% of a core"
+
+
 def render(run: Run) -> str:
     lines = [
         BEGIN,
@@ -52,7 +61,8 @@ def render(run: Run) -> str:
         f"- machine: {run.machine['cpu']}, {run.machine['memory']} RAM, {run.machine['os']}",
         f"- software: Python {run.machine['python']}; {run.machine['packages']}",
         f"- load generator: `{run.generator}`, one process, closed loop, {run.seconds:.0f} s "
-        "measured per concurrency after a warm-up run; one short sentence per request",
+        "measured per concurrency after a warm-up run; one short sentence per request; it "
+        f"used {_generator_share(run)} on average",
         f"- rounds: {run.rounds}; each figure is the best round for that server and "
         "concurrency (or batch size), peak memory the highest of any round",
         f"- load average (1, 5, 15 min) before: {run.load_before}; after: {run.load_after}",
