@@ -226,6 +226,8 @@ def write_plot(run: Run, path: Path, *, required: bool) -> Path | None:
         )
     size, best = best_batch(run)
     ax_rps.axhline(best, color="grey", linestyle="--", label=f"model alone, batch {size}")
+    if 32 in run.ceiling and size != 32:  # the servers' max_batch_size
+        ax_rps.axhline(run.ceiling[32], color="grey", linestyle="-.", label="model alone, batch 32")
     if 1 in run.ceiling:
         ax_rps.axhline(run.ceiling[1], color="grey", linestyle=":", label="model alone, batch 1")
     for ax, title in (
