@@ -179,6 +179,10 @@ def measure_server(
                 cpu = tree_cpu_seconds(server.pid) - cpu_before
                 found.results.append(result)
                 found.cpu_ms_per_request[c] = 1000 * cpu / max(1, result.requests)
+                _say(
+                    f"    {result.rps:.0f} req/s, p50 {result.p50_ms:.1f} ms, "
+                    f"p99 {result.p99_ms:.1f} ms, {result.errors} errors"
+                )
         except (RuntimeError, subprocess.SubprocessError) as exc:
             found.error = f"{type(exc).__name__}: {exc}"
             _say(f"  {key} failed: {found.error}; its log: {log_dir / f'{key}.log'}")
@@ -266,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(1, rounds + 1):
             _say(f"round {number} of {rounds}; ceiling: batch sizes {preset.batch_sizes}")
             ceilings.append(measure_ceiling(preset.batch_sizes, preset.ceiling_seconds))
+            _say(f"  texts/s: {ceilings[-1].rates}")
             per_round.append({})
             # Every other round runs the servers in reverse order, so that a machine that
             # grows busier or quieter during the run favours nobody.
