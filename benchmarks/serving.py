@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(1, rounds + 1):
             _say(f"round {number} of {rounds}; ceiling: batch sizes {preset.batch_sizes}")
             ceilings.append(measure_ceiling(preset.batch_sizes, preset.ceiling_seconds))
-            _say(f"  texts/s: {ceilings[-1].rates}")
+            _say(f"  texts/s: { {s: round(r) for s, r in ceilings[-1].rates.items()} }")
             per_round.append({})
             # Every other round runs the servers in reverse order, so that a machine that
             # grows busier or quieter during the run favours nobody.
