@@ -224,3 +224,24 @@ async def test_async_model_may_run_several_batches_at_once():
     await asyncio.gather(*(batcher.submit(x, deadline=FAR) for x in range(6)))
     assert peak == 3
     await batcher.stop()
+
+
+async def test_the_next_batch_starts_before_the_finished_one_is_answered():
+    events: list[tuple[str, object]] = []
+    model = Model()
+    model.gate.clear()
+
+    async def recording(items: list[int]) -> list[int]:
+        events.append(("start", list(items)))
+        return await model(items)
+
+    batcher: Batcher[int, int] = Batcher(recording, max_batch_size=4, wait_ms=0, max_queue_size=8)
+    batcher.start()
+    first = batcher.submit(1, deadline=FAR)
+    await until(lambda: batcher.queue_size == 0)
+    second = batcher.submit(2, deadline=FAR)
+    first.add_done_callback(lambda f: events.append(("answer", f.result())))
+    model.gate.set()
+    await asyncio.gather(first, second)
+    assert events.index(("start", [2])) < events.index(("answer", 2)), events
+    await batcher.stop()
