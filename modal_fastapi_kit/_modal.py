@@ -35,6 +35,7 @@ from pydantic import BaseModel
 
 from ._config import RetryPolicy, ServiceConfig
 from ._errors import ConfigError, PredictError
+from ._heap import freeze_loaded_heap
 from ._server import ModelServer, batch_function
 
 if TYPE_CHECKING:
@@ -306,6 +307,7 @@ def _markers(server_cls: type, config: ServiceConfig, label: str) -> dict[str, A
             _resolve(self.load())
         _resolve(self.to_device())
         _resolve(self.warmup())
+        freeze_loaded_heap()  # the container is ours: see _heap.py
 
     if snapshot:
         markers[SNAPSHOT_METHOD] = modal.enter(snap=True)(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -225,6 +226,7 @@ def test_concurrent_requests_are_batched_and_answered_in_order(probe):
 
 
 def test_mounts_under_a_prefix_in_an_existing_app(probe):
+    frozen_before = gc.get_freeze_count()
     app = FastAPI()
 
     @app.get("/own")
@@ -238,6 +240,8 @@ def test_mounts_under_a_prefix_in_an_existing_app(probe):
         assert client.post("/ml/double", json={"x": 4}).json() == {"y": 8}
         assert client.get("/ml/healthz").status_code == 200
         assert client.post("/double", json={"x": 4}).status_code == 404
+        # Process-wide tunings belong to whoever owns the process, not to a mounted router.
+        assert gc.get_freeze_count() == frozen_before
 
 
 def test_openapi_is_typed_from_the_models(probe):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import inspect
 import logging
 import time
@@ -99,7 +98,6 @@ class LocalBackend:
                 ),
             )
             self._batcher.start()
-            _freeze_heap()
         except Exception as exc:
             self._state = LoadState.FAILED
             self._error = f"{self.server_cls.__name__}.load() raised {type(exc).__name__}: {exc}"
@@ -165,18 +163,3 @@ class LocalBackend:
                 logger.exception("%s.unload() raised", self.server_cls.__name__)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-        if previous is LoadState.READY:
-            gc.unfreeze()
-
-
-def _freeze_heap() -> None:
-    """Exempt everything alive after loading (the model, its libraries) from the garbage collector.
-
-    A full collection walks every tracked object while holding the GIL: with torch and
-    transformers loaded that is several hundred thousand objects and tens to hundreds of
-    milliseconds in which neither the event loop nor the model makes progress. Frozen objects
-    are skipped, so full collections only walk what requests allocated. Freezing is cheap (no
-    collection runs first); whatever loading left as cyclic garbage waits for ``stop``, which
-    unfreezes.
-    """
-    gc.freeze()

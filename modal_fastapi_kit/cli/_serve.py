@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from .._backends import Backend, LoadState
+from .._heap import freeze_loaded_heap
 from .._router import build_app
 from ._loading import load_service
 
@@ -96,6 +97,7 @@ async def _report_progress(server: uvicorn.Server, backend: Backend, name: str) 
         print(file=sys.stderr)
     elapsed = time.monotonic() - started
     if backend.state is LoadState.READY:
+        freeze_loaded_heap()  # this process is ours: see _heap.py
         _say(f"{name} ready in {elapsed:.1f}s: {url}  (docs: {url}/docs)")
         return True
     _say(f"error: {backend.error or 'the model did not load'}; stopping")
