@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from ._errors import ConfigError
 
 __all__ = [
+    "DEFAULT_CHUNK_TIMEOUT",
     "DEFAULT_MAX_BATCH_SIZE",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_CONCURRENT_INPUTS",
@@ -46,6 +47,11 @@ DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_TIMEOUT = 300
 DEFAULT_SCALEDOWN_WINDOW = 120
 DEFAULT_WEB_MAX_INPUTS = 256
+# A stream's chunks: the first within request_timeout unless set, then at most this far apart.
+DEFAULT_CHUNK_TIMEOUT = 30.0
+# stall_timeout="auto": a model call this many times request_timeout long is stuck, since
+# every request waiting on it has already been answered 504.
+STALL_FACTOR = 2.0
 
 MODAL_WEB_TIMEOUT = 150.0
 MAX_MODAL_BATCH_SIZE = 1000
@@ -152,9 +158,13 @@ class ServiceConfig:
     max_concurrent_inputs: int = DEFAULT_MAX_CONCURRENT_INPUTS
     target_concurrent_inputs: int | None = None
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    isolate_failures: bool = True
     # -- limits and deadlines ---------------------------------------------------------------
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    stall_timeout: float | Literal["auto"] | None = "auto"
+    first_chunk_timeout: float | None = None
+    chunk_timeout: float = DEFAULT_CHUNK_TIMEOUT
     # -- Modal GPU class ----------------------------------------------------------------------
     gpu: str | tuple[str, ...] | None = None
     cpu: float | None = None
@@ -202,6 +212,20 @@ class ServiceConfig:
     @property
     def batched(self) -> bool:
         return self.max_batch_size > 1
+
+    @property
+    def stall_seconds(self) -> float | None:
+        """How long one model call may run before the model counts as stuck; None: never."""
+        if self.stall_timeout == "auto":
+            return STALL_FACTOR * self.request_timeout
+        return self.stall_timeout
+
+    @property
+    def first_chunk_seconds(self) -> float:
+        """How long a stream may take to its first chunk."""
+        return (
+            self.request_timeout if self.first_chunk_timeout is None else self.first_chunk_timeout
+        )
 
     @property
     def gpus(self) -> tuple[str, ...]:
@@ -289,9 +313,36 @@ def _validate(c: ServiceConfig) -> None:
         f"seconds in (0, {MODAL_WEB_TIMEOUT:g}]; Modal cuts web requests at 150 s, "
         "so longer work belongs in a spawned job",
     )
+    _validate_stall_and_streams(c)
     _validate_modal_function(c)
     _validate_image(c)
     _validate_web(c)
+
+
+def _validate_stall_and_streams(c: ServiceConfig) -> None:
+    if c.isolate_failures not in (True, False):
+        raise ConfigError(f"isolate_failures={c.isolate_failures!r}: expected a bool")
+    if c.stall_timeout not in ("auto", None):
+        _check(
+            _is_number(c.stall_timeout) and c.stall_timeout > 0,  # type: ignore[operator]
+            "stall_timeout",
+            c.stall_timeout,
+            "seconds > 0 that one model call may take before the model counts as stuck, "
+            "'auto' (2 x request_timeout) or None (never)",
+        )
+    if c.first_chunk_timeout is not None:
+        _check(
+            _is_number(c.first_chunk_timeout) and c.first_chunk_timeout > 0,
+            "first_chunk_timeout",
+            c.first_chunk_timeout,
+            "seconds > 0 a stream may take to its first chunk, or None for request_timeout",
+        )
+    _check(
+        _is_number(c.chunk_timeout) and c.chunk_timeout > 0,
+        "chunk_timeout",
+        c.chunk_timeout,
+        "seconds > 0 allowed between two chunks of a stream",
+    )
 
 
 def _validate_route(route: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._config import ServiceConfig, check_option_names
+from ._core.spec import SPEC_ATTR, PredictHook, ServiceSpec
 from ._errors import ConfigError
 from ._server import ModelServer, io_models
 
@@ -24,8 +25,9 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
 
     Options (all keyword, all optional; see ``ServiceConfig`` for defaults):
     ``name`` (defaults to the class name in kebab-case), ``route``, ``max_batch_size``,
-    ``wait_ms``, ``max_concurrent_inputs``, ``max_queue_size``, ``max_body_bytes``,
-    ``request_timeout``, ``gpu``, ``packages`` and the other Modal options.
+    ``wait_ms``, ``max_concurrent_inputs``, ``max_queue_size``, ``isolate_failures``,
+    ``max_body_bytes``, ``request_timeout``, ``stall_timeout``, ``first_chunk_timeout``,
+    ``chunk_timeout``, ``gpu``, ``packages`` and the other Modal options.
 
     >>> @gpu_service(gpu="A10", max_batch_size=32, route="/embed")
     ... class Embedder(ModelServer[EmbedIn, EmbedOut]): ...
@@ -46,7 +48,14 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
         config = ServiceConfig.from_options({"name": _kebab(cls.__name__), **options})
         _check_predict(cls, config)
         request_model, response_model = io_models(cls)
-        cls.__service_config__ = config
+        spec = ServiceSpec(
+            server_cls=cls,
+            config=config,
+            request_model=request_model,
+            response_model=response_model,
+            predict=PredictHook.of(cls),
+        )
+        setattr(cls, SPEC_ATTR, spec)
         cls.request_model = request_model
         cls.response_model = response_model
         return cls

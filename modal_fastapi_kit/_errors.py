@@ -4,14 +4,33 @@ KitError
 ├── ConfigError            a @gpu_service option or a ModelServer subclass is wrong
 ├── MissingExtraError      an optional dependency is not installed
 └── ServingError           a request could not be answered; carries an HTTP status
+    ├── InputError         the model cannot handle this input (4xx, its message is shown)
     ├── NotReadyError      the model has not finished loading (503)
+    │   └── ModelStalled   a model call ran past stall_timeout; the model is stuck (503)
     ├── QueueFullError     the batch queue is at its bound (503)
     ├── DeadlineExceeded   the request's deadline passed (504)
     ├── PredictError       predict / predict_batch raised (500)
     └── BackendUnavailable the backend cannot be reached (502 / 503)
+        └── UpstreamError  the backend took the request but failed to run it (502)
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "ConfigError",
+    "DeadlineExceeded",
+    "InputError",
+    "KitError",
+    "MissingExtraError",
+    "ModelStalled",
+    "NotReadyError",
+    "PredictError",
+    "QueueFullError",
+    "ServingError",
+    "UpstreamError",
+    "as_predict_error",
+]
 
 
 class KitError(Exception):
@@ -42,9 +61,35 @@ class ServingError(KitError):
         return str(self)
 
 
+class InputError(ServingError):
+    """Raise it from ``predict`` (or put it in an item's slot) for input the model cannot handle.
+
+    The client gets ``status_code`` (422 unless given, any 4xx) and the message, word for
+    word, so say what was wrong and how to fix it::
+
+        raise InputError(f"the text is {n} tokens long; the model takes at most 512")
+    """
+
+    status_code = 422
+
+    def __init__(self, message: str, *, status_code: int = 422) -> None:
+        if not (isinstance(status_code, int) and 400 <= status_code <= 499):
+            raise ConfigError(
+                f"InputError(status_code={status_code!r}) is invalid: a client error is a 4xx "
+                "status such as 400, 413 or 422"
+            )
+        super().__init__(message)
+        self.status_code = status_code
+
+
 class NotReadyError(ServingError):
     status_code = 503
     retry_after = 5
+
+
+class ModelStalled(NotReadyError):
+    """A model call ran past ``stall_timeout``: queued and new requests are refused until it
+    returns, ``/healthz`` and ``/readyz`` answer 503."""
 
 
 class QueueFullError(ServingError):
@@ -71,6 +116,19 @@ class UpstreamError(BackendUnavailable):
     """The backend (Modal) took the request but failed to run it."""
 
     status_code = 502
+
+
+def as_predict_error(exc: BaseException, where: str) -> ServingError:
+    """What a client is answered for ``exc`` raised by the user's ``where`` hook.
+
+    An ``InputError`` (the model refused the input) and the kit's own ``ServingError`` s keep
+    their status; anything else becomes a ``PredictError`` (500) with ``exc`` as its cause.
+    """
+    if isinstance(exc, ServingError):
+        return exc
+    error = PredictError(f"{where} raised {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def missing_extra(package: str, extra: str) -> MissingExtraError:

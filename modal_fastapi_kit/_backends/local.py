@@ -1,20 +1,16 @@
-"""The in-process backend: the model on one inference thread, behind the dynamic batcher."""
+"""The in-process backend: the model's ``ModelRuntime`` behind the dynamic batcher."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .._batching import Batcher
-from .._config import ServiceConfig
-from .._errors import NotReadyError
-from .._server import ModelServer, batch_function
-from ._base import LoadState
+from .._core.batcher import Batcher
+from .._core.hooks import LoadState, ModelRuntime
+from .._core.spec import ServiceSpec
+from .._core.streams import StreamBatch
+from .._errors import ModelStalled, NotReadyError
 
 __all__ = ["LocalBackend"]
 
@@ -22,54 +18,58 @@ logger = logging.getLogger("modal_fastapi_kit")
 
 
 class LocalBackend:
-    """Runs a ModelServer in this process.
+    """Serves a ModelServer in this process: requests are batched and handed to its runtime.
 
-    ``load``, ``warmup``, sync ``predict``/``predict_batch`` and ``unload`` all run on one
-    dedicated thread, so the model is never entered from two threads at once and the event
-    loop stays free to take requests while a batch runs.
+    ``runtime``: one that is already loaded (the colocated container's, loaded by Modal's
+    ``@enter``); this backend then neither loads nor unloads it. Without it the backend builds
+    its own runtime, loads it in the background on ``start`` and unloads it on ``stop``.
     """
 
-    def __init__(
-        self,
-        server_cls: type[ModelServer[Any, Any]],
-        config: ServiceConfig,
-        *,
-        server: ModelServer[Any, Any] | None = None,
-    ) -> None:
-        """``server``: an instance already loaded (by Modal's ``@enter``); not loaded again."""
-        self.server_cls = server_cls
-        self.config = config
-        self._loaded = server
-        self._state = LoadState.CREATED
-        self._error: str | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._server: ModelServer[Any, Any] | None = None
-        self._batcher: Batcher[Any, Any] | None = None
+    def __init__(self, spec: ServiceSpec, *, runtime: ModelRuntime | None = None) -> None:
+        self.spec = spec
+        self.config = spec.config
+        self.runtime = runtime if runtime is not None else ModelRuntime(spec)
+        self._owns_runtime = runtime is None
+        self._batcher: Batcher[Any] | None = None
         self._load_task: asyncio.Task[None] | None = None
-        self.load_started: float | None = None
-        self.load_seconds: float | None = None
+        self._started = False
+        self._stopped = False
+
+    @property
+    def service_name(self) -> str:
+        return self.spec.name
 
     @property
     def state(self) -> LoadState:
-        return self._state
+        if self._stopped:
+            return LoadState.STOPPED
+        state = self.runtime.state
+        if state is LoadState.READY and self._batcher is None:
+            return LoadState.LOADING
+        return state
 
     @property
     def error(self) -> str | None:
-        return self._error
+        return self.runtime.error
 
     @property
-    def batcher(self) -> Batcher[Any, Any] | None:
+    def batcher(self) -> Batcher[Any] | None:
         return self._batcher
 
+    @property
+    def load_seconds(self) -> float | None:
+        return self.runtime.load_seconds
+
     async def start(self) -> None:
-        if self._state is not LoadState.CREATED:
+        if self._started:
             return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mfk-inference")
-        self._state = LoadState.LOADING
-        self.load_started = time.monotonic()
-        self._load_task = asyncio.get_running_loop().create_task(
-            self._load(), name=f"modal_fastapi_kit.load[{self.server_cls.__name__}]"
-        )
+        self._started = True
+        if self._owns_runtime:
+            self._load_task = asyncio.get_running_loop().create_task(
+                self._load(), name=f"modal_fastapi_kit.load[{self.spec.name}]"
+            )
+        else:
+            self._serve()
 
     async def wait_loaded(self) -> None:
         """Wait until loading finished, successfully or not."""
@@ -78,88 +78,70 @@ class LocalBackend:
 
     async def _load(self) -> None:
         try:
-            server = self._loaded
-            if server is None:
-                server = await self._on_thread(self.server_cls)
-                await self._call(server.load)
-                await self._call(server.to_device)
-                await self._call(server.warmup)
-            run, is_async = batch_function(server)
-            self._server = server
-            self._batcher = Batcher(
-                self._batch_runner(run, is_async),
-                max_batch_size=self.config.max_batch_size,
-                wait_ms=self.config.wait_ms,
-                max_queue_size=self.config.max_queue_size,
-                max_in_flight=(
-                    max(1, self.config.max_concurrent_inputs // self.config.max_batch_size)
-                    if is_async
-                    else 1
-                ),
-            )
-            self._batcher.start()
-        except Exception as exc:
-            self._state = LoadState.FAILED
-            self._error = f"{self.server_cls.__name__}.load() raised {type(exc).__name__}: {exc}"
-            logger.error("loading %s failed", self.server_cls.__name__, exc_info=exc)
-            return
-        assert self.load_started is not None
-        self.load_seconds = time.monotonic() - self.load_started
-        self._state = LoadState.READY
-        logger.info("%s ready in %.1fs", self.server_cls.__name__, self.load_seconds)
+            await self.runtime.start()
+        except Exception:
+            return  # the runtime is FAILED and says why; the router answers 503
+        self._serve()
 
-    def _batch_runner(self, run: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
-        if is_async:
-            return run
+    def _serve(self) -> None:
+        spec, config = self.spec, self.config
+        if spec.streaming:
 
-        def on_thread(items: list[Any]) -> asyncio.Future[Any]:
-            return asyncio.get_running_loop().run_in_executor(self._executor, run, items)
+            async def run(items: list[Any]) -> StreamBatch:
+                return self.runtime.open_streams(items)
 
-        return on_thread
+        else:
+            run = self.runtime.run_batch  # type: ignore[assignment]
+        # Async hooks and generators interleave on the loop / the inference thread; a sync
+        # predict_batch takes the thread for a whole batch, so one batch runs at a time.
+        in_flight = max(1, config.max_concurrent_inputs // config.max_batch_size)
+        if not (spec.streaming or spec.predict.asynchronous):
+            in_flight = 1
+        self._batcher = Batcher(
+            run,
+            max_batch_size=config.max_batch_size,
+            wait_ms=config.wait_ms,
+            max_queue_size=config.max_queue_size,
+            max_in_flight=in_flight,
+        )
+        self._batcher.start()
+        self.runtime.add_stall_listener(self._on_stall)
 
-    async def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def _call(self, hook: Callable[[], Any]) -> Any:
-        """Run a sync hook on the inference thread, or await an async one."""
-        if inspect.iscoroutinefunction(hook):
-            return await hook()
-        return await self._on_thread(hook)
+    def _on_stall(self, error: ModelStalled) -> None:
+        if self._batcher is not None:
+            self._batcher.fail_queued(error)
 
     def submit(self, item: Any, *, deadline: float) -> asyncio.Future[Any]:
-        if self._batcher is None or self._state is not LoadState.READY:
+        batcher = self._batcher
+        if batcher is None or self._stopped or self.runtime.state is not LoadState.READY:
             raise NotReadyError(self._not_ready_reason())
-        return self._batcher.submit(item, deadline=deadline)
+        if self.runtime.stalled is not None:
+            raise self.runtime.stalled
+        return batcher.submit(item, deadline=deadline)
 
     def _not_ready_reason(self) -> str:
-        if self._state is LoadState.FAILED:
-            return f"the model failed to load: {self._error}"
-        if self._state is LoadState.STOPPED:
+        state = self.state
+        if state is LoadState.FAILED:
+            return f"the model failed to load: {self.runtime.error}"
+        if state is LoadState.STOPPED:
             return "the server is shutting down"
         return "the model is still loading; retry shortly"
 
     async def healthy(self) -> bool:
-        if self._state is not LoadState.READY or self._server is None:
-            return False
-        health = self._server.health
-        try:
-            if inspect.iscoroutinefunction(health):
-                return bool(await health())
-            return bool(await asyncio.to_thread(health))
-        except Exception:
-            logger.exception("%s.health() raised", self.server_cls.__name__)
-            return False
+        return self.state is LoadState.READY and await self.runtime.healthy()
+
+    def stuck(self) -> str | None:
+        stalled = self.runtime.stalled
+        return None if stalled is None else stalled.detail
 
     async def stop(self) -> None:
-        previous, self._state = self._state, LoadState.STOPPED
+        """Stop taking requests, drain what is queued and running (at most request_timeout:
+        nobody waits longer), then unload the model if this backend loaded it."""
+        self._stopped = True
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
+            await asyncio.wait({self._load_task})
         if self._batcher is not None:
-            await self._batcher.stop()
-        if previous is LoadState.READY and self._server is not None:
-            try:
-                await self._call(self._server.unload)
-            except Exception:
-                logger.exception("%s.unload() raised", self.server_cls.__name__)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            await self._batcher.stop(timeout=self.config.request_timeout)
+        if self._owns_runtime:
+            await self.runtime.stop()

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from .._config import DEFAULT_MAX_BODY_BYTES, MODAL_WEB_TIMEOUT
 from .._errors import ConfigError
-from .._origin_lock import EDGE_SECRET_HEADER, MIN_SECRET_LENGTH
+from .._http.origin_lock import EDGE_SECRET_HEADER, MIN_SECRET_LENGTH
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",

@@ -67,11 +67,13 @@ def render(sections: list[tuple[str, list[Row]]]) -> str:
 
 def describe(built: ModalDeployment) -> list[tuple[str, list[Row]]]:
     """The deployment as titled sections of (setting, value) rows."""
-    from .._modal import LIBRARY, PREDICT_METHOD, WEB_METHOD
+    from .._modal.build import LIBRARY, PREDICT_METHOD, STREAM_METHOD, WEB_METHOD
 
     config = built.config
     split = config.topology == "split"
-    gpu_method = PREDICT_METHOD if split else WEB_METHOD
+    gpu_method = (
+        WEB_METHOD if not split else STREAM_METHOD if built.spec.streaming else PREDICT_METHOD
+    )
     info = getattr(built.gpu_cls(), gpu_method).info()
 
     image = [
@@ -155,7 +157,7 @@ def warnings(built: ModalDeployment) -> list[str]:
             f"{config.max_concurrent_inputs} inputs at once but runs them one at a time; set "
             "max_batch_size > 1 (with predict_batch) to batch them, or make predict async"
         )
-    if config.enable_memory_snapshot and cls.to_device is ModelServer.to_device:
+    if config.enable_memory_snapshot and getattr(cls, "to_device", None) is ModelServer.to_device:
         found.append(
             f"enable_memory_snapshot=True but {cls.__name__} does not define to_device(): "
             "load() runs before the snapshot, where no GPU is attached; load to CPU in load() "

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._core.spec import SPEC_ATTR
 from .._errors import KitError
 from .._server import ModelServer
 
@@ -55,9 +56,7 @@ def _is_drive(ref: str) -> bool:
 
 
 def _is_service(obj: object) -> bool:
-    return (
-        inspect.isclass(obj) and issubclass(obj, ModelServer) and "__service_config__" in vars(obj)
-    )
+    return inspect.isclass(obj) and issubclass(obj, ModelServer) and SPEC_ATTR in vars(obj)
 
 
 def _import_file(path: Path) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 import time
@@ -11,14 +12,16 @@ from typing import Any
 
 import uvicorn
 
+from .._assembly import service_app, service_router
 from .._backends import Backend, LoadState
+from .._core.spec import service_spec
 from .._heap import freeze_loaded_heap
-from .._router import build_app
 from ._loading import load_service
 
 __all__ = ["add_parser", "run"]
 
 PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
+SHUTDOWN_GRACE = 5  # seconds past request_timeout that a graceful shutdown may take
 
 # GNU OpenMP (torch's CPU thread pool) lets idle workers spin 300,000 rounds before sleeping:
 # milliseconds of a core after every batch, taken from the event loop that must answer that
@@ -50,20 +53,22 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
-    server_cls = load_service(args.target)
-    router = server_cls.router()
-    app = build_app(server_cls, router)
+    spec = service_spec(load_service(args.target))
+    router = service_router(spec)
     server = uvicorn.Server(
         uvicorn.Config(
-            app,
+            service_app(spec, router),
             host=args.host,
             port=args.port,
             log_level=args.log_level,
             access_log=args.access_log,
             lifespan="on",
+            # A request never waits past its deadline; a stream or a stuck connection that
+            # outlives it is cut, so SIGTERM ends the process in bounded time.
+            timeout_graceful_shutdown=math.ceil(spec.config.request_timeout) + SHUTDOWN_GRACE,
         )
     )
-    return asyncio.run(_serve(server, router.backend, server_cls.__name__))
+    return asyncio.run(_serve(server, router.backend, spec.name))
 
 
 async def _serve(server: uvicorn.Server, backend: Backend, name: str) -> int:

@@ -22,7 +22,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from examples.embeddings import Embedder
 from modal_fastapi_kit import gpu_service
-from modal_fastapi_kit._router import build_app
 
 ORIGIN_HOST = "ws--embeddings.modal.test"
 PUBLIC_HOST = "api.example.test"
@@ -95,7 +94,7 @@ async def _plain(
 
 
 def build_origin() -> ASGIApp:
-    app = build_app(LockedEmbedder, LockedEmbedder.router())
+    app = LockedEmbedder.asgi_app()
     attempts: Counter[str] = Counter()
 
     @app.get("/whoami", name="whoami")

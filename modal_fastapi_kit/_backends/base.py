@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 from typing import Any, Protocol
+
+from .._core.hooks import LoadState
 
 __all__ = ["Backend", "LoadState"]
 
 
-class LoadState(str, enum.Enum):
-    """Where a backend is in its life; ``/readyz`` is 200 only in ``READY``."""
-
-    CREATED = "created"
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-
 class Backend(Protocol):
     """What the router needs from a backend."""
+
+    @property
+    def service_name(self) -> str:
+        """The served class's name, as readiness bodies show it."""
+        ...
 
     @property
     def state(self) -> LoadState: ...
@@ -39,11 +35,17 @@ class Backend(Protocol):
     def submit(self, item: Any, *, deadline: float) -> asyncio.Future[Any]:
         """Queue one validated request; ``deadline`` is on the event loop's clock.
 
-        Raises a ``ServingError`` when the request cannot be taken. Cancelling the returned
-        future withdraws the request.
+        The future resolves to the response model, or to an ``ItemStream`` for a streaming
+        service, or fails with the ``ServingError`` for this request. Raises a
+        ``ServingError`` when the request cannot be taken. Cancelling the future withdraws
+        the request.
         """
         ...
 
     async def healthy(self) -> bool:
         """Whether the backend can serve now (loaded, and the model's ``health()`` agrees)."""
+        ...
+
+    def stuck(self) -> str | None:
+        """Why this process should be restarted (its model is stalled), or None."""
         ...

@@ -1,61 +1,65 @@
-"""The Modal deployment of a ``@gpu_service`` class: Image, App, GPU class, web endpoint.
-
-The only module that imports ``modal`` at import time; ``X.modal_app()`` imports it.
+"""Build time: the Image, the App, the GPU class's options and its Modal-marked methods.
 
 How Modal finds what is generated here, in the container (modal 1.6): it imports the user's
 module, which runs ``app = X.modal_app()`` again, then looks objects up by module-level name.
 
 - The GPU class is ``getattr(module, "X")``: the user's class itself. ``deployment`` attaches the
-  Modal markers to that class as ``mfk_*`` attributes (``@modal.enter``, then
-  ``@modal.batched`` / ``@modal.method``, or ``@modal.asgi_app`` when colocated), so the class
-  Modal finds carries them and ``X.router()`` keeps working locally.
+  Modal markers to that class as ``mfk_*`` attributes (``@modal.enter`` / ``@modal.exit``, then
+  ``@modal.batched`` / ``@modal.method`` for predict, a generator ``@modal.method`` for a
+  streaming class, or ``@modal.asgi_app`` when colocated), so the class Modal finds carries
+  them and ``X.router()`` keeps working locally. Their bodies are in ``container``.
 - The split topology's web function is ``getattr(module, "X_web")``: ``deployment`` binds it in
   the user's module under that name.
 
-The tiers exchange JSON-compatible dicts, never pickled pydantic objects, so a caller that
-imports the user's module under another name can still call the deployed class.
+Every generated method is ``async``: Modal then runs all of them on the container's one event
+loop, where the runtime's async hooks live (see ``container``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
-import inspect
 import re
 import sys
-import threading
-from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import modal
-from pydantic import BaseModel
 
-from ._config import RetryPolicy, ServiceConfig
-from ._errors import ConfigError, PredictError
-from ._heap import freeze_loaded_heap
-from ._server import ModelServer, batch_function
+from .._config import RetryPolicy, ServiceConfig
+from .._core.spec import ServiceSpec, service_spec
+from .._core.wire import PREDICT_METHOD, STREAM_METHOD, Wire
+from .._errors import ConfigError
+from . import container
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
 __all__ = [
     "ENTER_METHOD",
+    "EXIT_METHOD",
     "HF_CACHE_PATH",
     "PREDICT_METHOD",
     "SNAPSHOT_METHOD",
+    "STREAM_METHOD",
     "WEB_METHOD",
     "ModalDeployment",
     "credentials_configured",
     "deployment",
 ]
 
-PREDICT_METHOD = "mfk_predict"  # the GPU class's Modal method (split topology)
 WEB_METHOD = "mfk_web"  # the GPU class's asgi_app method (colocated topology)
 ENTER_METHOD = "mfk_enter"  # @modal.enter(): load (unless snapshotted), to_device, warmup
 SNAPSHOT_METHOD = "mfk_enter_snapshot"  # @modal.enter(snap=True): load, before the snapshot
+EXIT_METHOD = "mfk_exit"  # @modal.exit(): unload
+RESERVED_METHODS = (
+    PREDICT_METHOD,
+    STREAM_METHOD,
+    WEB_METHOD,
+    ENTER_METHOD,
+    SNAPSHOT_METHOD,
+    EXIT_METHOD,
+)
 WEB_FUNCTION_SUFFIX = "_web"
 HF_CACHE_PATH = "/root/.cache/huggingface"
 LIBRARY = "modal_fastapi_kit"
@@ -64,14 +68,12 @@ RUNTIME_DISTRIBUTIONS = ("fastapi", "pydantic")
 
 _CACHE_ATTR = "__mfk_modal_deployment__"
 
-Wire = dict[str, Any]
-
 
 @dataclass(frozen=True, kw_only=True)
 class ModalDeployment:
     """The Modal objects generated for one class, plus what went into its image."""
 
-    server_cls: type[ModelServer[Any, Any]]
+    spec: ServiceSpec
     app: modal.App
     image: modal.Image
     gpu_cls: modal.Cls
@@ -82,8 +84,12 @@ class ModalDeployment:
     label: str
 
     @property
+    def server_cls(self) -> type:
+        return self.spec.server_cls
+
+    @property
     def config(self) -> ServiceConfig:
-        return self.server_cls.config()
+        return self.spec.config
 
     @property
     def url_shape(self) -> str:
@@ -91,25 +97,26 @@ class ModalDeployment:
         return f"https://<workspace>--{self.label}.modal.run"
 
 
-def deployment(server_cls: type[ModelServer[Any, Any]]) -> ModalDeployment:
+def deployment(server_cls: type) -> ModalDeployment:
     """Build (once per class and process) the Modal objects for a decorated class."""
     found = vars(server_cls).get(_CACHE_ATTR)
     if isinstance(found, ModalDeployment):
         return found
-    config = server_cls.config()
-    _check_deployable(server_cls, config)
+    spec = service_spec(server_cls)
+    config = spec.config
+    _check_deployable(spec)
     python_version, packages = image_spec(config)
     image = build_image(config, python_version, packages)
     app = modal.App(config.name)
     label = config.label or config.name
-    markers = _markers(server_cls, config, label)
+    markers = _markers(spec, label)
     for name, marker in markers.items():
         setattr(server_cls, name, marker)
     try:
-        gpu_cls = _register_gpu_class(app, image, server_cls, config)
+        gpu_cls = _register_gpu_class(app, image, spec)
         web_function = None
         if config.topology == "split":
-            web_function = _register_web_function(app, image, server_cls, config, gpu_cls, label)
+            web_function = _register_web_function(app, image, spec, gpu_cls, label)
     except Exception as exc:
         for name in markers:  # leave the class as it was
             delattr(server_cls, name)
@@ -119,7 +126,7 @@ def deployment(server_cls: type[ModelServer[Any, Any]]) -> ModalDeployment:
             ) from exc
         raise
     built = ModalDeployment(
-        server_cls=server_cls,
+        spec=spec,
         app=app,
         image=image,
         gpu_cls=gpu_cls,
@@ -191,14 +198,15 @@ def _requirement_name(spec: str) -> str:
 # -- GPU class ------------------------------------------------------------------------------
 
 
-def _check_deployable(server_cls: type, config: ServiceConfig) -> None:
+def _check_deployable(spec: ServiceSpec) -> None:
     """Refuse, before anything is built, what Modal could not import or would reject."""
+    server_cls, config = spec.server_cls, spec.config
     if "<locals>" in server_cls.__qualname__:
         raise ConfigError(
             f"{server_cls.__qualname__} is defined inside a function; Modal imports classes by "
             "their module-level name: define the class at module level"
         )
-    for name in (PREDICT_METHOD, WEB_METHOD, ENTER_METHOD, SNAPSHOT_METHOD):
+    for name in RESERVED_METHODS:
         if name in vars(server_cls):
             raise ConfigError(
                 f"{server_cls.__qualname__} defines {name!r}, a name modal_fastapi_kit generates "
@@ -246,16 +254,15 @@ def _gpu_class_options(config: ServiceConfig, image: modal.Image) -> dict[str, A
     }
 
 
-def _register_gpu_class(
-    app: modal.App, image: modal.Image, server_cls: type, config: ServiceConfig
-) -> modal.Cls:
-    target: Any = server_cls
-    if config.topology == "colocated" or not config.batched:
+def _register_gpu_class(app: modal.App, image: modal.Image, spec: ServiceSpec) -> modal.Cls:
+    config = spec.config
+    target: Any = spec.server_cls
+    if config.topology == "colocated" or not config.batched or spec.streaming:
         # Batched classes take no @modal.concurrent: one batch at a time per container.
         target = modal.concurrent(
             max_inputs=config.max_concurrent_inputs,
             target_inputs=config.target_concurrent_inputs,
-        )(server_cls)
+        )(target)
     return cast(modal.Cls, app.cls(**_gpu_class_options(config, image))(target))
 
 
@@ -294,30 +301,33 @@ def _region(config: ServiceConfig) -> str | list[str] | None:
     return list(config.region) if isinstance(config.region, tuple) else config.region
 
 
-def _markers(server_cls: type, config: ServiceConfig, label: str) -> dict[str, Any]:
+def _markers(spec: ServiceSpec, label: str) -> dict[str, Any]:
     """The Modal-marked methods to set on the user's class, by attribute name."""
-    markers: dict[str, Any] = {}
+    server_cls, config = spec.server_cls, spec.config
     snapshot = config.enable_memory_snapshot
+    markers: dict[str, Any] = {}
 
-    def mfk_enter_snapshot(self: ModelServer[Any, Any]) -> None:
-        _resolve(self.load())
+    async def mfk_enter_snapshot(self: Any) -> None:
+        await container.enter_before_snapshot(self)
 
-    def mfk_enter(self: ModelServer[Any, Any]) -> None:
-        if not snapshot:
-            _resolve(self.load())
-        _resolve(self.to_device())
-        _resolve(self.warmup())
-        freeze_loaded_heap()  # the container is ours: see _heap.py
+    async def mfk_enter(self: Any) -> None:
+        await container.enter(self, after_snapshot=snapshot)
+
+    async def mfk_exit(self: Any) -> None:
+        await container.exit(self)
 
     if snapshot:
         markers[SNAPSHOT_METHOD] = modal.enter(snap=True)(
             _named(mfk_enter_snapshot, server_cls, SNAPSHOT_METHOD)
         )
     markers[ENTER_METHOD] = modal.enter()(_named(mfk_enter, server_cls, ENTER_METHOD))
+    markers[EXIT_METHOD] = modal.exit()(_named(mfk_exit, server_cls, EXIT_METHOD))
     if config.topology == "colocated":
-        markers[WEB_METHOD] = _web_method(server_cls, config, label)
+        markers[WEB_METHOD] = _web_method(spec, label)
+    elif spec.streaming:
+        markers[STREAM_METHOD] = _stream_method(spec)
     else:
-        markers[PREDICT_METHOD] = _predict_method(server_cls, config)
+        markers[PREDICT_METHOD] = _predict_method(spec)
     return markers
 
 
@@ -330,115 +340,43 @@ def _named(fn: Callable[..., Any], owner: type, name: str, *, method: bool = Tru
     return fn
 
 
-def _predict_method(server_cls: type, config: ServiceConfig) -> Any:
-    request_model: type[BaseModel] = server_cls.request_model  # type: ignore[attr-defined]
-    response_model: type[BaseModel] = server_cls.response_model  # type: ignore[attr-defined]
-    name = server_cls.__name__
-
-    def inputs(items: list[Wire]) -> list[BaseModel]:
-        return [request_model.model_validate(item) for item in items]
-
-    def outputs(results: list[Any], expected: int) -> list[Wire]:
-        if len(results) != expected:
-            raise PredictError(
-                f"{name}.predict_batch returned {len(results)} results for {expected} items; "
-                "return one result per item, in order"
-            )
-        return [_to_wire(response_model, result) for result in results]
-
+def _predict_method(spec: ServiceSpec) -> Any:
+    config = spec.config
     if config.batched:
-        if _is_async_predict(server_cls):
 
-            async def mfk_predict(self: ModelServer[Any, Any], items: list[Wire]) -> list[Wire]:
-                with _as_predict_error(name):
-                    run = batch_function(self)[0]
-                    return outputs(await cast(Awaitable[list[Any]], run(inputs(items))), len(items))
-
-        else:
-
-            def mfk_predict(self: ModelServer[Any, Any], items: list[Wire]) -> list[Wire]:  # type: ignore[misc]
-                with _as_predict_error(name):
-                    run = batch_function(self)[0]
-                    return outputs(cast(list[Any], run(inputs(items))), len(items))
+        async def mfk_predict(self: Any, items: list[Wire]) -> list[Wire]:
+            return await container.predict(self, items)
 
         return modal.batched(max_batch_size=config.max_batch_size, wait_ms=round(config.wait_ms))(
-            _named(mfk_predict, server_cls, PREDICT_METHOD)
+            _named(mfk_predict, spec.server_cls, PREDICT_METHOD)
         )
 
-    if _is_async_predict(server_cls):
+    async def mfk_predict_one(self: Any, item: Wire) -> Wire:
+        return (await container.predict(self, [item]))[0]
 
-        async def mfk_predict_one(self: ModelServer[Any, Any], item: Wire) -> Wire:
-            with _as_predict_error(name):
-                run = batch_function(self)[0]
-                return outputs(await cast(Awaitable[list[Any]], run(inputs([item]))), 1)[0]
-
-    else:
-        # @modal.concurrent runs sync methods on several threads; the model is entered by one
-        # at a time, as ModelServer promises.
-        lock = threading.Lock()
-
-        def mfk_predict_one(self: ModelServer[Any, Any], item: Wire) -> Wire:  # type: ignore[misc]
-            with _as_predict_error(name):
-                run = batch_function(self)[0]
-                with lock:
-                    results = cast(list[Any], run(inputs([item])))
-                return outputs(results, 1)[0]
-
-    return modal.method()(_named(mfk_predict_one, server_cls, PREDICT_METHOD))
+    return modal.method()(_named(mfk_predict_one, spec.server_cls, PREDICT_METHOD))
 
 
-def _web_method(server_cls: type, config: ServiceConfig, label: str) -> Any:
-    def mfk_web(self: ModelServer[Any, Any]) -> FastAPI:
-        from ._backends.local import LocalBackend
-        from ._router import build_app, build_router
+def _stream_method(spec: ServiceSpec) -> Any:
+    # Modal cannot batch a generator: the container's own batcher does (see container.stream).
+    async def mfk_stream(self: Any, item: Wire) -> AsyncIterator[Wire]:
+        async for envelope in container.stream(self, item):
+            yield envelope
 
-        backend = LocalBackend(type(self), config, server=self)
-        return build_app(type(self), build_router(type(self), backend))
+    return modal.method()(_named(mfk_stream, spec.server_cls, STREAM_METHOD))
+
+
+def _web_method(spec: ServiceSpec, label: str) -> Any:
+    config = spec.config
+
+    def mfk_web(self: Any) -> FastAPI:
+        return container.web(self)
 
     return modal.asgi_app(
         label=label,
         custom_domains=list(config.custom_domains) or None,
         requires_proxy_auth=config.requires_proxy_auth,
-    )(_named(mfk_web, server_cls, WEB_METHOD))
-
-
-def _is_async_predict(server_cls: type) -> bool:
-    fn = getattr(server_cls, "predict_batch", None) or getattr(server_cls, "predict", None)
-    return inspect.iscoroutinefunction(fn)
-
-
-def _to_wire(model: type[BaseModel], result: Any) -> Wire:
-    if not isinstance(result, model):
-        result = model.model_validate(result)
-    wire: Wire = result.model_dump(mode="json")
-    return wire
-
-
-@contextmanager
-def _as_predict_error(name: str) -> Iterator[None]:
-    """Re-raise what user code raised as ``PredictError``, a type every caller can unpickle."""
-    try:
-        yield
-    except PredictError:
-        raise
-    except Exception as exc:
-        raise PredictError(f"{name}.predict raised {type(exc).__name__}: {exc}") from exc
-
-
-def _resolve(value: Any) -> Any:
-    """Finish an async hook from a sync Modal lifecycle method."""
-    if not inspect.isawaitable(value):
-        return value
-
-    async def wait() -> Any:
-        return await value
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(wait())
-    with ThreadPoolExecutor(max_workers=1) as pool:  # a loop runs here: finish on another thread
-        return pool.submit(asyncio.run, wait()).result()
+    )(_named(mfk_web, spec.server_cls, WEB_METHOD))
 
 
 # -- web function (split topology) ----------------------------------------------------------
@@ -447,20 +385,19 @@ def _resolve(value: Any) -> Any:
 def _register_web_function(
     app: modal.App,
     image: modal.Image,
-    server_cls: type[ModelServer[Any, Any]],
-    config: ServiceConfig,
+    spec: ServiceSpec,
     gpu_cls: modal.Cls,
     label: str,
 ) -> modal.Function[..., Any, Any]:
+    server_cls, config = spec.server_cls, spec.config
     name = web_function_name(server_cls)
     module = sys.modules[server_cls.__module__]
 
     def web() -> FastAPI:
-        from ._backends.remote import ModalBackend
-        from ._router import build_app, build_router
+        from .._assembly import service_app, service_router
+        from .._backends.modal import ModalBackend
 
-        backend = ModalBackend(server_cls, config, handle=gpu_cls)
-        return build_app(server_cls, build_router(server_cls, backend))
+        return service_app(spec, service_router(spec, ModalBackend(spec, handle=gpu_cls)))
 
     endpoint = modal.asgi_app(
         label=label,

@@ -3,9 +3,12 @@
 Inside the deployed app (split topology) it is handed the app's own class. Anywhere else,
 ``X.router(backend="modal")`` looks the deployed class up by name
 (``modal.Cls.from_name(app_name, class_name)``); ``/readyz`` turns 200 once that lookup
-succeeds, which wakes no GPU. Each request is one ``.remote.aio`` call carrying a
-JSON-compatible dict. Nothing is retried here: Modal retries failed inputs on the GPU class
-when ``retries`` is set, and a web request is never resent.
+succeeds, which wakes no GPU. Each request is one ``.remote.aio`` call carrying the request's
+JSON (``_core.wire``), answered with an envelope: the result, or that item's error (an
+``InputError`` keeps its 4xx). A streaming service's requests are ``.remote_gen.aio`` calls
+whose chunk envelopes go to the request's ``ItemStream``; closing the stream (the client left)
+stops reading the remote generator. Nothing is retried here: Modal retries failed inputs on
+the GPU class when ``retries`` is set, and a web request is never resent.
 
 Failures, as the router answers them:
 
@@ -16,6 +19,8 @@ cannot reach Modal                         503 with ``Retry-After``
 Modal failed to run the input              502 with ``Retry-After`` (``UpstreamError``)
 the GPU class ran past its ``timeout``     504 (``DeadlineExceeded``)
 ``predict`` raised in the container        500 with the request id (``PredictError``)
+the model refused the input                its ``InputError`` status and message
+the GPU container's model is stalled       503 (``ModelStalled``)
 =========================================  ====================================
 
 Cancelling a request's future stops waiting for it; an input Modal already started may still
@@ -28,7 +33,16 @@ import asyncio
 import logging
 from typing import Any
 
-from .._config import ServiceConfig
+from .._core.hooks import LoadState
+from .._core.spec import ServiceSpec
+from .._core.streams import ItemStream
+from .._core.wire import (
+    PREDICT_METHOD,
+    STREAM_METHOD,
+    decode_chunk,
+    decode_outcome,
+    encode_request,
+)
 from .._errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -37,8 +51,6 @@ from .._errors import (
     ServingError,
     UpstreamError,
 )
-from .._server import ModelServer
-from ._base import LoadState
 
 __all__ = ["ModalBackend", "map_modal_error"]
 
@@ -62,8 +74,7 @@ class ModalBackend:
 
     def __init__(
         self,
-        server_cls: type[ModelServer[Any, Any]],
-        config: ServiceConfig,
+        spec: ServiceSpec,
         *,
         handle: Any = None,
         app_name: str | None = None,
@@ -71,10 +82,10 @@ class ModalBackend:
         environment_name: str | None = None,
         lookup_retry: float = DEFAULT_LOOKUP_RETRY,
     ) -> None:
-        self.server_cls = server_cls
-        self.config = config
-        self.app_name = app_name or config.name
-        self.class_name = class_name or server_cls.__name__
+        self.spec = spec
+        self.config = spec.config
+        self.app_name = app_name or spec.config.name
+        self.class_name = class_name or spec.name
         self.environment_name = environment_name
         self.lookup_retry = lookup_retry
         self._handle = handle
@@ -84,6 +95,10 @@ class ModalBackend:
         self._lookup: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Task[Any]] = set()
         self._looked_up = asyncio.Event()
+
+    @property
+    def service_name(self) -> str:
+        return self.spec.name
 
     @property
     def state(self) -> LoadState:
@@ -148,23 +163,56 @@ class ModalBackend:
             if self._state is LoadState.STOPPED:
                 raise NotReadyError("the server is shutting down")
             raise NotReadyError(f"still looking up the {self.target}; retry shortly")
-        payload = item.model_dump(mode="json")
-        task = asyncio.get_running_loop().create_task(self._call(payload))
+        payload = encode_request(item)
+        loop = asyncio.get_running_loop()
+        if self.spec.streaming:
+            stream = ItemStream()
+            reader = self._track(loop.create_task(self._read_stream(payload, stream)))
+            stream.on_close(reader.cancel)
+            future: asyncio.Future[Any] = loop.create_future()
+            future.set_result(stream)
+            return future
+        return self._track(loop.create_task(self._call(payload)))
+
+    def _track(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
         return task
 
     async def _call(self, payload: dict[str, Any]) -> Any:
-        from .._modal import PREDICT_METHOD
-
         method = getattr(self._obj, PREDICT_METHOD)
         try:
-            return await method.remote.aio(payload)
+            wire = await method.remote.aio(payload)
         except Exception as exc:
             raise map_modal_error(exc, self) from exc
+        outcome = decode_outcome(self.spec.response_model, wire)
+        if isinstance(outcome, ServingError):
+            raise outcome
+        return outcome
+
+    async def _read_stream(self, payload: dict[str, Any], stream: ItemStream) -> None:
+        method = getattr(self._obj, STREAM_METHOD)
+        model = self.spec.response_model
+        try:
+            async for wire in method.remote_gen.aio(payload):
+                chunk = decode_chunk(model, wire)
+                if isinstance(chunk, ServingError):
+                    stream.finish(chunk)
+                    return
+                stream.put(chunk)
+        except asyncio.CancelledError:
+            stream.finish(NotReadyError("the stream was stopped"))
+            raise
+        except Exception as exc:
+            stream.finish(map_modal_error(exc, self))
+        else:
+            stream.finish()
 
     async def healthy(self) -> bool:
         return self._state is LoadState.READY
+
+    def stuck(self) -> str | None:
+        return None  # a stalled GPU container fails its own inputs and is replaced by Modal
 
     async def stop(self) -> None:
         self._state = LoadState.STOPPED

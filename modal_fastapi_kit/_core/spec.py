@@ -1,0 +1,90 @@
+"""``ServiceSpec``: what ``@gpu_service`` learned about a class, in the form the runtime needs.
+
+It is built once, at decoration time, and recorded on the class; everything below the
+decorator (runtime, batcher, router, Modal objects) reads it instead of inspecting the class
+again.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from .._config import ServiceConfig
+from .._errors import ConfigError
+
+__all__ = ["SPEC_ATTR", "PredictHook", "ServiceSpec", "service_spec"]
+
+SPEC_ATTR = "__mfk_spec__"
+
+
+@dataclass(frozen=True, slots=True)
+class PredictHook:
+    """Which predict hook the class defines, and its kind.
+
+    ``name`` is ``"predict_batch"`` (``batch=True``) or ``"predict"``; ``asynchronous`` for
+    ``async def``; ``streaming`` for a generator (``yield``), sync or async.
+    """
+
+    name: str
+    batch: bool
+    asynchronous: bool
+    streaming: bool
+
+    @classmethod
+    def of(cls, server_cls: type) -> PredictHook:
+        name = (
+            "predict_batch" if callable(getattr(server_cls, "predict_batch", None)) else "predict"
+        )
+        fn = getattr(server_cls, name)
+        return cls(
+            name=name,
+            batch=name == "predict_batch",
+            asynchronous=inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
+            streaming=inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """A decorated ModelServer subclass: its class, config, models and predict hook."""
+
+    server_cls: type
+    config: ServiceConfig
+    request_model: type[BaseModel]
+    response_model: type[BaseModel]
+    predict: PredictHook
+
+    @property
+    def name(self) -> str:
+        """The class name, as messages and Modal show it."""
+        return self.server_cls.__name__
+
+    @property
+    def streaming(self) -> bool:
+        return self.predict.streaming
+
+    @property
+    def hook_label(self) -> str:
+        """``Embedder.predict_batch``: how messages name the predict hook."""
+        return f"{self.name}.{self.predict.name}"
+
+    def any_async_hook(self) -> bool:
+        """Whether any lifecycle or predict hook is a coroutine (or async generator) function."""
+        hooks = ("load", "to_device", "warmup", "health", "unload")
+        return self.predict.asynchronous or any(
+            inspect.iscoroutinefunction(getattr(self.server_cls, hook)) for hook in hooks
+        )
+
+
+def service_spec(server_cls: Any) -> ServiceSpec:
+    """The spec ``@gpu_service`` recorded on ``server_cls`` (on the class itself, not a base)."""
+    spec = vars(server_cls).get(SPEC_ATTR) if isinstance(server_cls, type) else None
+    if not isinstance(spec, ServiceSpec):
+        name = getattr(server_cls, "__qualname__", repr(server_cls))
+        short = getattr(server_cls, "__name__", name)
+        raise ConfigError(f"{name} is not decorated: add @gpu_service(...) above 'class {short}'")
+    return spec

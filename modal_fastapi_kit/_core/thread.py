@@ -1,0 +1,91 @@
+"""``InferenceThread``: the one thread a model's sync hooks run on.
+
+Every sync hook of a service (``load``, ``predict_batch``, each step of a generator,
+``unload``) runs here, one call at a time, so the model is never entered from two threads at
+once and the event loop stays free while it works. The thread is a daemon: a call that never
+returns cannot keep the process alive after shutdown, and ``busy_since`` lets a watchdog on
+the event loop see how long the current call has run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["InferenceThread"]
+
+T = TypeVar("T")
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+
+
+class InferenceThread:
+    """Run callables on one daemon thread; each call answers an asyncio future on its loop."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._started = False
+        self.busy_since: float | None = None  # time.monotonic() when the current call began
+
+    @property
+    def name(self) -> str:
+        return self._thread.name
+
+    def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue ``fn(*args)``; the future (on the running loop) gets its result or exception.
+
+        A future that is done (cancelled or failed) before the call starts skips the call; a
+        call already running goes on.
+        """
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((fn, args, loop, future))
+        return future
+
+    def close(self) -> None:
+        """Let the thread end after the calls already queued."""
+        if self._started:
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, loop, future = job
+            if future.done():  # withdrawn, or failed by the watchdog while it waited
+                continue
+            self.busy_since = time.monotonic()
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the caller, whatever it is
+                _answer(loop, future, None, exc)
+            else:
+                _answer(loop, future, result, None)
+            finally:
+                self.busy_since = None
+            del job, fn, args, future  # drop references to results before waiting again
+
+
+def _answer(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+) -> None:
+    def settle() -> None:
+        if future.done():  # cancelled, or failed by the watchdog meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for this answer
+        loop.call_soon_threadsafe(settle)

@@ -1,0 +1,74 @@
+"""The error contract: every error the routes answer is ``ErrorBody`` JSON with the request id.
+
+A ``ServingError`` keeps its status and, for an ``InputError``, its message; a failure inside
+the model (``PredictError``, or anything unexpected) is logged with the request id and the
+client learns only that it failed and which id to quote.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.requests import HTTPConnection
+
+from .._errors import PredictError, ServingError
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "ErrorBody",
+    "error_response",
+    "failure_response",
+    "public_error",
+    "request_id",
+]
+
+logger = logging.getLogger("modal_fastapi_kit")
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error this router answers, except FastAPI's own 422."""
+
+    detail: str
+    request_id: str | None = None
+
+
+def request_id(request: HTTPConnection) -> str:
+    """The client's ``X-Request-ID`` when it is safe to echo, else a new random one."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and _REQUEST_ID_RE.match(given):
+        return given
+    return os.urandom(16).hex()  # 32 random hex digits like uuid4().hex, for a fraction of its cost
+
+
+def public_error(error: BaseException, request_id: str) -> ServingError:
+    """The error a client may see for ``error``; a model failure is logged, not shown."""
+    if not isinstance(error, ServingError):
+        wrapped = PredictError(f"{type(error).__name__}: {error}")
+        wrapped.__cause__ = error
+        error = wrapped
+    if isinstance(error, PredictError):
+        logger.error("request %s failed: %s", request_id, error)
+        return PredictError("predict failed; quote the request id when reporting it")
+    return error
+
+
+def error_response(exc: ServingError, request_id: str | None) -> JSONResponse:
+    headers = {}
+    if request_id is not None:
+        headers[REQUEST_ID_HEADER] = request_id
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(exc.retry_after)
+    body = ErrorBody(detail=exc.detail, request_id=request_id)
+    return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=headers)
+
+
+def failure_response(error: BaseException, request_id: str) -> JSONResponse:
+    """The response for any failure of a request, after ``public_error``."""
+    return error_response(public_error(error, request_id), request_id)

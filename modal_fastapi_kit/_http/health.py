@@ -1,0 +1,152 @@
+"""``/healthz`` and ``/readyz`` for one service, or for every service mounted at one path.
+
+Two services included under one prefix both add ``GET /ml/readyz``; the first route wins, so
+a readiness that answered for its own service alone would hide the other. Instead, when the
+app starts, each service registers its health routes' full paths in the app, and a probe
+answers for every service registered at the path it was called on: 200 only when all of them
+are ready (``/readyz``) or alive (``/healthz``). The later duplicate routes are left out of
+the OpenAPI schema. A predict route that two services share is a configuration error,
+raised when the app starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+
+from .._core.hooks import LoadState
+from .._errors import ConfigError
+
+__all__ = ["HealthBody", "Probed", "liveness", "readiness", "register_service"]
+
+_REGISTRY = "mfk_services"  # app.state attribute: {(path, kind): [Probed, ...]}
+
+
+class Probed(Protocol):
+    """What a probe asks a service: the backend of one router."""
+
+    @property
+    def service_name(self) -> str: ...
+
+    @property
+    def state(self) -> LoadState: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    def stuck(self) -> str | None:
+        """Why the process should be restarted (the model is stalled), or None."""
+        ...
+
+    async def healthy(self) -> bool: ...
+
+
+class ServiceHealth(BaseModel):
+    status: str
+    detail: str | None = None
+
+
+class HealthBody(BaseModel):
+    status: str
+    detail: str | None = None
+    services: dict[str, ServiceHealth] | None = None
+
+
+async def readiness(request: Request, own: Probed) -> Response:
+    """200 when every service at this path is loaded and healthy, else 503 with why."""
+    services = _services(request, own, "readyz")
+    states: dict[str, ServiceHealth] = {}
+    for service in services:
+        states[service.service_name] = await _readiness_of(service)
+    return _answer(states, ok="ready")
+
+
+async def liveness(request: Request, own: Probed) -> Response:
+    """200 while every service at this path can make progress; 503 when a model is stuck."""
+    services = _services(request, own, "healthz")
+    states = {
+        s.service_name: ServiceHealth(status="stalled", detail=reason)
+        if (reason := s.stuck()) is not None
+        else ServiceHealth(status="ok")
+        for s in services
+    }
+    return _answer(states, ok="ok")
+
+
+async def _readiness_of(service: Probed) -> ServiceHealth:
+    if await service.healthy():
+        return ServiceHealth(status="ready")
+    if (reason := service.stuck()) is not None:
+        return ServiceHealth(status="stalled", detail=reason)
+    state = service.state
+    if state is LoadState.READY:
+        return ServiceHealth(status="unhealthy")
+    detail = service.error if state is LoadState.FAILED else None
+    return ServiceHealth(status=state.value, detail=detail)
+
+
+def _answer(states: dict[str, ServiceHealth], *, ok: str) -> Response:
+    failing = [s for s in states.values() if s.status != ok]
+    if len(states) == 1:
+        (only,) = states.values()
+        body = HealthBody(status=only.status, detail=only.detail)
+    else:
+        body = HealthBody(status=failing[0].status if failing else ok, services=states)
+    if not failing:
+        return JSONResponse(body.model_dump(exclude_none=True))
+    return JSONResponse(
+        body.model_dump(exclude_none=True), status_code=503, headers={"retry-after": "5"}
+    )
+
+
+def _services(request: Request, own: Probed, kind: str) -> Sequence[Probed]:
+    route = request.scope.get("route")
+    registry: dict[tuple[str, str], list[Probed]] = getattr(request.app.state, _REGISTRY, {})
+    path = getattr(route, "path", None)
+    found = registry.get((path, kind)) if isinstance(path, str) else None
+    return found or [own]
+
+
+def register_service(
+    app: Any,
+    service: Probed,
+    endpoints: dict[str, Callable[..., Any]],
+    predict: Callable[..., Any],
+) -> None:
+    """Record ``service``'s health routes (by endpoint) in ``app``; refuse a shared predict route.
+
+    Called from the router's lifespan, which FastAPI hands the app it was included in.
+    """
+    if not isinstance(app, FastAPI):
+        return
+    registry: dict[tuple[str, str], list[Probed]] | None = getattr(app.state, _REGISTRY, None)
+    if registry is None:
+        registry = {}
+        setattr(app.state, _REGISTRY, registry)
+    routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    for kind, endpoint in endpoints.items():
+        for route in routes:
+            if route.endpoint is endpoint:
+                sharing = registry.setdefault((route.path, kind), [])
+                if service not in sharing:
+                    sharing.append(service)
+                if len(sharing) > 1 and route.include_in_schema:
+                    route.include_in_schema = False  # one entry per path in /docs
+                    app.openapi_schema = None
+    mine = [r for r in routes if r.endpoint is predict]
+    for route in mine:
+        for other in routes:
+            shared = (other.methods or set()) & (route.methods or set())
+            if other is not route and other.path == route.path and shared:
+                owner = getattr(other.endpoint, "__mfk_service__", None)
+                if owner is not None:
+                    raise ConfigError(
+                        f"{service.service_name} and {owner} both answer "
+                        f"{'/'.join(sorted(shared))} {route.path}: give each service its "
+                        "own route= in @gpu_service, or include them under different prefixes"
+                    )
