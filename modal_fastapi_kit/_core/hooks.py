@@ -233,29 +233,32 @@ class ModelRuntime:
             self.spec.hook_label,
             type(first).__name__,
             len(items),
+            exc_info=first,
         )
         budget = [2 * math.ceil(math.log2(len(items)))]
-        outcomes = await self._bisect(items, budget)
+        outcomes = await self._bisect(items, budget, first)
         failed = sum(isinstance(o, ServingError) for o in outcomes)
         logger.warning("%s: %d of %d items failed", self.spec.hook_label, failed, len(items))
         return outcomes
 
-    async def _bisect(self, items: list[Any], budget: list[int]) -> list[Outcome]:
+    async def _bisect(self, items: list[Any], budget: list[int], error: Exception) -> list[Outcome]:
         outcomes: list[Outcome] = []
         middle = len(items) // 2
         for half in (items[:middle], items[middle:]):
+            if budget[0] <= 0:  # out of re-runs: the rest fail with the last error
+                outcomes += [as_predict_error(error, self.spec.hook_label) for _ in half]
+                continue
             try:
                 outcomes += await self._outcomes(half)
             except (_CountMismatch, ModelStalled):
                 raise
             except Exception as exc:
                 budget[0] -= 1
-                if len(half) == 1 or budget[0] < 0:
-                    self._log_failure(exc, len(half))
-                    error = as_predict_error(exc, self.spec.hook_label)
-                    outcomes += [error for _ in half]
+                if len(half) == 1:
+                    self._log_failure(exc, 1)
+                    outcomes.append(as_predict_error(exc, self.spec.hook_label))
                 else:
-                    outcomes += await self._bisect(half, budget)
+                    outcomes += await self._bisect(half, budget, exc)
         return outcomes
 
     def coerce(self, result: Any) -> Outcome:

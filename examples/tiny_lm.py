@@ -1,0 +1,356 @@
+"""A tiny causal language model built offline, for examples and tests that stream text.
+
+    from examples.tiny_lm import load, greedy_tokens
+    model, tokenizer = load("/tmp/tiny-lm")        # builds on first call, about 3 s on 2 CPUs
+    greedy_tokens(model, tokenizer, "The lighthouse", max_new_tokens=20)
+
+``build()`` trains a byte-level BPE tokenizer (``tokenizers``) and a 2-layer GPT-2 (~0.2M
+parameters) on a short corpus embedded below, with fixed seeds, and saves both with
+``save_pretrained``. Nothing is downloaded. The directory is written to a temporary sibling
+and renamed into place, so concurrent builders are safe. The tokenizer carries a chat template
+over ``<|system|>``, ``<|user|>``, ``<|assistant|>`` and ``<|end|>``; ``<|end|>`` is the eos.
+
+torch, transformers and tokenizers are imported inside the functions: importing this module
+stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+BOS, EOS, PAD = "<|begin|>", "<|end|>", "<|pad|>"
+SYSTEM, USER, ASSISTANT = "<|system|>", "<|user|>", "<|assistant|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, SYSTEM, USER, ASSISTANT]
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('roles are system, user and assistant') }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+VOCAB_SIZE = 512
+N_POSITIONS = 256
+SEED = 1234
+TRAIN_STEPS = 300
+BATCH_SIZE = 16
+BLOCK_SIZE = 64
+LEARNING_RATE = 3e-3
+
+CORPUS = (
+    "The lighthouse stood on the rocks at the end of the harbour. Every evening the keeper "
+    "climbed the narrow stairs, trimmed the wick and lit the lamp, and the beam swept slowly "
+    "over the grey water so that the fishing boats could find their way home.",
+    "The old mill by the river turned all day long. The miller was a patient man who rose "
+    "before the sun, and the sound of the wheel and the water was the first thing the village "
+    "heard each morning.",
+    "In the spring the garden was full of small green shoots. The children planted beans and "
+    "peas in straight rows, and they watered them every day until the first flowers opened "
+    "in the warm light of May.",
+    "The train left the station at nine o'clock. It ran past the fields and the farms, over "
+    "the long bridge and through the hills, and it reached the city by the sea in the middle "
+    "of the afternoon.",
+    "A good loaf of bread needs only flour, water, salt and time. The baker mixed the dough "
+    "at night, left it to rise in a cool room, and baked it early in the morning so that the "
+    "shop smelled of warm bread when the door was opened.",
+    "The library was quiet and cool. Tall shelves of old books ran from the floor to the "
+    "ceiling, and the reader at the long table turned the pages slowly, one by one, while the "
+    "rain fell softly on the windows.",
+    "Snow fell on the mountain all through the night. In the morning the valley was white and "
+    "still, the roofs of the houses were covered, and the only sound was the river running "
+    "under the ice.",
+    "The ship sailed west for many days. The sailors watched the stars at night and the sun "
+    "by day, and at last they saw a line of green land on the far edge of the sea.",
+)
+
+CHATS = (
+    ("Tell me about the lighthouse.", "The lighthouse stood on the rocks at the end of the "
+     "harbour, and its beam guided the boats home."),
+    ("What does the miller do?", "The miller rises before the sun and turns the wheel by "
+     "the river all day long."),
+    ("How do you make bread?", "A good loaf of bread needs only flour, water, salt and time."),
+    ("Where did the train go?", "The train ran past the fields and over the bridge to the "
+     "city by the sea."),
+    ("What is in the garden?", "The garden is full of beans and peas and the first flowers "
+     "of May."),
+    ("Describe the library.", "The library was quiet and cool, with tall shelves of old "
+     "books."),
+    ("What happened on the mountain?", "Snow fell all through the night, and the valley was "
+     "white and still."),
+    ("Where did the ship sail?", "The ship sailed west for many days until the sailors saw "
+     "green land."),
+)
+SYSTEM_PROMPT = "You are a helpful assistant who tells short stories."
+
+_MARKER = "tiny_lm_build.json"
+_MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+
+def _spec() -> dict[str, Any]:
+    """Everything that decides the build's output; its hash names the build."""
+    return {
+        "corpus": CORPUS,
+        "chats": CHATS,
+        "system": SYSTEM_PROMPT,
+        "special": SPECIAL_TOKENS,
+        "template": CHAT_TEMPLATE,
+        "hyper": [VOCAB_SIZE, N_POSITIONS, SEED, TRAIN_STEPS, BATCH_SIZE, BLOCK_SIZE],
+        "lr": LEARNING_RATE,
+        "format": 1,
+    }
+
+
+def _build_id() -> str:
+    return hashlib.sha256(json.dumps(_spec(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_complete(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` holds a finished build of this exact corpus and configuration."""
+    path = Path(directory)
+    try:
+        marker = json.loads((path / _MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return marker.get("build_id") == _build_id() and all(
+        (path / name).is_file() for name in _MODEL_FILES
+    )
+
+
+def _chat_texts() -> list[list[dict[str, str]]]:
+    chats = []
+    for index, (question, answer) in enumerate(CHATS):
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        if index % 2 == 0:
+            messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
+        chats.append(messages)
+    return chats
+
+
+def _make_tokenizer() -> PreTrainedTokenizerBase:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    questions = [question for question, _ in CHATS]
+    answers = [answer for _, answer in CHATS]
+    raw.train_from_iterator([*CORPUS, *questions, *answers, SYSTEM_PROMPT], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens=[SYSTEM, USER, ASSISTANT],
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+        model_max_length=N_POSITIONS,
+    )
+
+
+def _training_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The corpus as one token stream: plain paragraphs end with eos, chats use the template."""
+    ids: list[int] = []
+    for paragraph in CORPUS:
+        ids += tokenizer(paragraph + EOS, add_special_tokens=False)["input_ids"]
+    for messages in _chat_texts():
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        ids += tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def _make_model(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=N_POSITIONS,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(SEED)
+    model = GPT2LMHeadModel(config)
+
+    data = torch.tensor(_training_ids(tokenizer), dtype=torch.long)
+    generator = torch.Generator().manual_seed(SEED)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    model.train()
+    for _ in range(TRAIN_STEPS):
+        starts = torch.randint(0, len(data) - BLOCK_SIZE, (BATCH_SIZE,), generator=generator)
+        batch = torch.stack([data[start : start + BLOCK_SIZE] for start in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.do_sample = False
+    return model
+
+
+def build(directory: str | os.PathLike[str]) -> Path:
+    """Build the model and tokenizer into ``directory`` unless a finished build is there.
+
+    ``directory`` may be missing or an empty folder. The files are written to a temporary
+    sibling and renamed into place; if another process finishes first, its build is kept.
+    Deterministic on one machine: torch is seeded and trains on one thread.
+    """
+    target = Path(directory).absolute()
+    if is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the same float reductions every time; the model is tiny
+        tokenizer = _make_tokenizer()
+        model = _make_model(tokenizer)
+        tokenizer.save_pretrained(staging)
+        model.save_pretrained(staging, safe_serialization=True)
+        (staging / _MARKER).write_text(json.dumps({"build_id": _build_id()}) + "\n")
+        try:
+            os.replace(staging, target)  # atomic; replaces only a missing or empty folder
+        except OSError:
+            if not is_complete(target):
+                raise FileExistsError(
+                    f"{target} exists and is not a tiny_lm build; remove it or pick another path"
+                ) from None
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load(directory: str | os.PathLike[str]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Build if needed, then load the model (eval mode, CPU) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = build(directory)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).to("cpu").eval()
+    return model, tokenizer
+
+
+def _prompt_ids(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int
+) -> Any:
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    limit = model.config.max_position_embeddings
+    if ids.shape[1] == 0:
+        raise ValueError("the prompt is empty")
+    if ids.shape[1] + max_new_tokens > limit:
+        raise ValueError(f"prompt ({ids.shape[1]} tokens) + max_new_tokens exceeds {limit}")
+    return ids.to(model.device)
+
+
+def stream_greedy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int
+) -> Iterator[str]:
+    """Greedy decoding one token at a time with a KV cache, yielding new text as it forms.
+
+    Stops at eos (not yielded) or after ``max_new_tokens``. The growing output is decoded
+    whole and only the new suffix is yielded, held back while it ends in an incomplete UTF-8
+    character, so the pieces always join to ``tokenizer.decode(all_new_ids)``.
+    """
+    import torch
+
+    input_ids = _prompt_ids(model, tokenizer, prompt, max_new_tokens)
+    eos = model.generation_config.eos_token_id
+    stop = set(eos if isinstance(eos, list) else [eos])
+    generated: list[int] = []
+    emitted = ""
+    past: Any = None
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = int(out.logits[0, -1].argmax())
+            if token in stop:
+                break
+            generated.append(token)
+            input_ids = torch.tensor([[token]], device=input_ids.device)
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            if text.endswith("\ufffd") or not text.startswith(emitted):
+                continue  # an incomplete character: wait for its next byte
+            piece, emitted = text[len(emitted) :], text
+            if piece:
+                yield piece
+    text = tokenizer.decode(generated, skip_special_tokens=True)
+    if len(text) > len(emitted) and text.startswith(emitted):
+        yield text[len(emitted) :]
+
+
+def greedy_tokens(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int
+) -> list[str]:
+    """The pieces of ``stream_greedy`` as a list; ``"".join`` of it equals ``reference_text``."""
+    return list(stream_greedy(model, tokenizer, prompt, max_new_tokens))
+
+
+def reference_text(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int
+) -> str:
+    """The same greedy continuation computed with ``model.generate(do_sample=False)``."""
+    import torch
+
+    input_ids = _prompt_ids(model, tokenizer, prompt, max_new_tokens)
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+        )
+    return str(tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True))
+
+
+if __name__ == "__main__":
+    import sys
+    import time
+
+    started = time.perf_counter()
+    model, tokenizer = load(sys.argv[1] if len(sys.argv) > 1 else "tiny-lm")
+    print(f"built/loaded in {time.perf_counter() - started:.1f}s")
+    for prompt in ("The lighthouse", "In the morning"):
+        print(repr(prompt), "->", greedy_tokens(model, tokenizer, prompt, 40))
