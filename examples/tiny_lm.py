@@ -17,6 +17,7 @@ stays cheap.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -46,10 +47,10 @@ CHAT_TEMPLATE = (
 VOCAB_SIZE = 512
 N_POSITIONS = 256
 SEED = 1234
-TRAIN_STEPS = 300
-BATCH_SIZE = 16
-BLOCK_SIZE = 64
-LEARNING_RATE = 3e-3
+TRAIN_STEPS = 250  # ~4 s on one CPU thread; enough to memorise most of the corpus
+BATCH_SIZE = 8
+BLOCK_SIZE = 48
+LEARNING_RATE = 5e-3
 
 CORPUS = (
     "The lighthouse stood on the rocks at the end of the harbour. Every evening the keeper "
@@ -78,21 +79,33 @@ CORPUS = (
 )
 
 CHATS = (
-    ("Tell me about the lighthouse.", "The lighthouse stood on the rocks at the end of the "
-     "harbour, and its beam guided the boats home."),
-    ("What does the miller do?", "The miller rises before the sun and turns the wheel by "
-     "the river all day long."),
+    (
+        "Tell me about the lighthouse.",
+        "The lighthouse stood on the rocks at the end of the "
+        "harbour, and its beam guided the boats home.",
+    ),
+    (
+        "What does the miller do?",
+        "The miller rises before the sun and turns the wheel by the river all day long.",
+    ),
     ("How do you make bread?", "A good loaf of bread needs only flour, water, salt and time."),
-    ("Where did the train go?", "The train ran past the fields and over the bridge to the "
-     "city by the sea."),
-    ("What is in the garden?", "The garden is full of beans and peas and the first flowers "
-     "of May."),
-    ("Describe the library.", "The library was quiet and cool, with tall shelves of old "
-     "books."),
-    ("What happened on the mountain?", "Snow fell all through the night, and the valley was "
-     "white and still."),
-    ("Where did the ship sail?", "The ship sailed west for many days until the sailors saw "
-     "green land."),
+    (
+        "Where did the train go?",
+        "The train ran past the fields and over the bridge to the city by the sea.",
+    ),
+    (
+        "What is in the garden?",
+        "The garden is full of beans and peas and the first flowers of May.",
+    ),
+    ("Describe the library.", "The library was quiet and cool, with tall shelves of old books."),
+    (
+        "What happened on the mountain?",
+        "Snow fell all through the night, and the valley was white and still.",
+    ),
+    (
+        "Where did the ship sail?",
+        "The ship sailed west for many days until the sailors saw green land.",
+    ),
 )
 SYSTEM_PROMPT = "You are a helpful assistant who tells short stories."
 
@@ -188,6 +201,7 @@ def _training_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 def _make_model(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     import torch
+    from torch.nn.functional import cross_entropy
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
@@ -196,6 +210,7 @@ def _make_model(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
         n_embd=64,
         n_layer=2,
         n_head=4,
+        activation_function="gelu",
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -213,7 +228,8 @@ def _make_model(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     for _ in range(TRAIN_STEPS):
         starts = torch.randint(0, len(data) - BLOCK_SIZE, (BATCH_SIZE,), generator=generator)
         batch = torch.stack([data[start : start + BLOCK_SIZE] for start in starts.tolist()])
-        loss = model(input_ids=batch, labels=batch).loss
+        logits = model(input_ids=batch).logits[:, :-1]
+        loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -296,6 +312,9 @@ def stream_greedy(
     import torch
 
     input_ids = _prompt_ids(model, tokenizer, prompt, max_new_tokens)
+    # transformers 5.x renamed the forward's `past_key_values` to `cache` (the old name warns).
+    params = inspect.signature(model.forward).parameters
+    cache_arg = "cache" if "cache" in params else "past_key_values"
     eos = model.generation_config.eos_token_id
     stop = set(eos if isinstance(eos, list) else [eos])
     generated: list[int] = []
@@ -303,8 +322,8 @@ def stream_greedy(
     past: Any = None
     with torch.inference_mode():
         for _ in range(max_new_tokens):
-            out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=input_ids, use_cache=True, **{cache_arg: past})
+            past = out[cache_arg]
             token = int(out.logits[0, -1].argmax())
             if token in stop:
                 break
@@ -351,6 +370,6 @@ if __name__ == "__main__":
 
     started = time.perf_counter()
     model, tokenizer = load(sys.argv[1] if len(sys.argv) > 1 else "tiny-lm")
-    print(f"built/loaded in {time.perf_counter() - started:.1f}s")
+    print(f"build+load in {time.perf_counter() - started:.1f}s")
     for prompt in ("The lighthouse", "In the morning"):
         print(repr(prompt), "->", greedy_tokens(model, tokenizer, prompt, 40))

@@ -4,27 +4,28 @@ Two services included under one prefix both add ``GET /ml/readyz``; the first ro
 a readiness that answered for its own service alone would hide the other. Instead, when the
 app starts, each service registers its health routes' full paths in the app, and a probe
 answers for every service registered at the path it was called on: 200 only when all of them
-are ready (``/readyz``) or alive (``/healthz``). The later duplicate routes are left out of
-the OpenAPI schema. A predict route that two services share is a configuration error,
-raised when the app starts.
+are ready (``/readyz``) or alive (``/healthz``). A predict route that two services share is a
+configuration error, raised when the app starts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.routing import NoMatchFound
 
 from .._core.hooks import LoadState
 from .._errors import ConfigError
 
 __all__ = ["HealthBody", "Probed", "liveness", "readiness", "register_service"]
 
-_REGISTRY = "mfk_services"  # app.state attribute: {(path, kind): [Probed, ...]}
+_REGISTRY = "mfk_services"  # app.state: {(full path, kind): [services answering there]}
+_LOCATED = "mfk_service_paths"  # app.state: {(id(service), kind): full path}
 
 
 class Probed(Protocol):
@@ -105,48 +106,44 @@ def _answer(states: dict[str, ServiceHealth], *, ok: str) -> Response:
 
 
 def _services(request: Request, own: Probed, kind: str) -> Sequence[Probed]:
-    route = request.scope.get("route")
+    located: dict[tuple[int, str], str] = getattr(request.app.state, _LOCATED, {})
     registry: dict[tuple[str, str], list[Probed]] = getattr(request.app.state, _REGISTRY, {})
-    path = getattr(route, "path", None)
-    found = registry.get((path, kind)) if isinstance(path, str) else None
-    return found or [own]
+    path = located.get((id(own), kind))
+    return registry.get((path, kind), [own]) if path is not None else [own]
 
 
-def register_service(
-    app: Any,
-    service: Probed,
-    endpoints: dict[str, Callable[..., Any]],
-    predict: Callable[..., Any],
-) -> None:
-    """Record ``service``'s health routes (by endpoint) in ``app``; refuse a shared predict route.
+def register_service(app: Any, service: Probed, names: dict[str, str]) -> None:
+    """Record where ``service``'s routes are in ``app``; refuse a predict route another
+    service answers too.
 
-    Called from the router's lifespan, which FastAPI hands the app it was included in.
+    ``names`` maps ``"healthz"``, ``"readyz"`` and ``"predict"`` to the route names; their
+    full paths (with every prefix) come from ``app.url_path_for``. Called from the router's
+    lifespan, which FastAPI hands the app it was included in.
     """
-    if not isinstance(app, FastAPI):
+    if not isinstance(app, Starlette):
         return
-    registry: dict[tuple[str, str], list[Probed]] | None = getattr(app.state, _REGISTRY, None)
-    if registry is None:
-        registry = {}
-        setattr(app.state, _REGISTRY, registry)
-    routes = [r for r in app.routes if isinstance(r, APIRoute)]
-    for kind, endpoint in endpoints.items():
-        for route in routes:
-            if route.endpoint is endpoint:
-                sharing = registry.setdefault((route.path, kind), [])
-                if service not in sharing:
-                    sharing.append(service)
-                if len(sharing) > 1 and route.include_in_schema:
-                    route.include_in_schema = False  # one entry per path in /docs
-                    app.openapi_schema = None
-    mine = [r for r in routes if r.endpoint is predict]
-    for route in mine:
-        for other in routes:
-            shared = (other.methods or set()) & (route.methods or set())
-            if other is not route and other.path == route.path and shared:
-                owner = getattr(other.endpoint, "__mfk_service__", None)
-                if owner is not None:
-                    raise ConfigError(
-                        f"{service.service_name} and {owner} both answer "
-                        f"{'/'.join(sorted(shared))} {route.path}: give each service its "
-                        "own route= in @gpu_service, or include them under different prefixes"
-                    )
+    registry: dict[tuple[str, str], list[Probed]] = _state(app, _REGISTRY)
+    located: dict[tuple[int, str], str] = _state(app, _LOCATED)
+    for kind, name in names.items():
+        try:
+            path = str(app.url_path_for(name))
+        except NoMatchFound:  # mounted some other way: it answers for itself
+            continue
+        sharing = registry.setdefault((path, kind), [])
+        if kind == "predict" and sharing and service not in sharing:
+            raise ConfigError(
+                f"{service.service_name} and {sharing[0].service_name} both answer POST "
+                f"{path}: give each service its own route= in @gpu_service, or include them "
+                "under different prefixes"
+            )
+        if service not in sharing:
+            sharing.append(service)
+        located[(id(service), kind)] = path
+
+
+def _state(app: Starlette, name: str) -> dict[Any, Any]:
+    found: dict[Any, Any] | None = getattr(app.state, name, None)
+    if found is None:
+        found = {}
+        setattr(app.state, name, found)
+    return found

@@ -79,11 +79,11 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
         return await readiness(request, backend)
 
     predict = _stream_endpoint(spec, backend) if spec.streaming else _endpoint(spec, backend)
-    predict.__mfk_service__ = spec.name
+    names = {kind: f"{config.name}.{kind}" for kind in ("predict", "healthz", "readyz")}
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        register_service(app, backend, {"healthz": healthz, "readyz": readyz}, predict)
+        register_service(app, backend, names)
         await backend.start()
         try:
             yield
@@ -96,7 +96,7 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
             config.route,
             predict,
             methods=["POST"],
-            name=f"{config.name}.predict",
+            name=names["predict"],
             summary=f"{spec.name}: predict (streamed)",
             tags=tags,
             response_model=spec.response_model,
@@ -109,7 +109,7 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
             config.route,
             predict,
             methods=["POST"],
-            name=f"{config.name}.predict",
+            name=names["predict"],
             summary=f"{spec.name}: predict",
             tags=tags,
             response_model=spec.response_model,
@@ -120,7 +120,7 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
         "/healthz",
         healthz,
         methods=["GET"],
-        name=f"{config.name}.healthz",
+        name=names["healthz"],
         summary=f"{spec.name}: liveness",
         tags=tags,
         response_model=HealthBody,
@@ -130,7 +130,7 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
         "/readyz",
         readyz,
         methods=["GET"],
-        name=f"{config.name}.readyz",
+        name=names["readyz"],
         summary=f"{spec.name}: readiness",
         tags=tags,
         response_model=HealthBody,

@@ -52,14 +52,16 @@ class StreamResponse(Response):
         chunk_timeout: float,
         ndjson: str | None = None,
     ) -> None:
-        super().__init__(
-            status_code=200,
-            media_type=ndjson or SSE_TYPE,
-            headers={
+        # Not Response.__init__: it would declare a Content-Length for the empty body.
+        self.status_code = 200
+        self.media_type = ndjson or SSE_TYPE
+        self.background = None
+        self.init_headers(
+            {
                 REQUEST_ID_HEADER: request_id,
                 "cache-control": "no-cache",
                 "x-accel-buffering": "no",  # nginx: pass each event on at once
-            },
+            }
         )
         self.stream = stream
         self.first = first
