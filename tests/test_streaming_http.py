@@ -81,9 +81,7 @@ def test_sse_is_one_data_event_per_chunk(server):
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["x-request-id"]
     assert response.headers["cache-control"] == "no-cache"
-    assert response.text == "".join(
-        f'data: {{"index":{i},"text":"t{i}"}}\n\n' for i in range(3)
-    )
+    assert response.text == "".join(f'data: {{"index":{i},"text":"t{i}"}}\n\n' for i in range(3))
 
 
 def test_ndjson_when_the_client_asks_for_it(server):
@@ -150,9 +148,7 @@ def test_a_failure_before_the_first_chunk_is_a_plain_error_response(server):
 
 
 def test_no_first_chunk_within_first_chunk_timeout_is_504(server):
-    response = httpx.post(
-        f"{server.url}/generate", json={"n": 2, "mode": "slow-start"}, timeout=10
-    )
+    response = httpx.post(f"{server.url}/generate", json={"n": 2, "mode": "slow-start"}, timeout=10)
     assert response.status_code == 504
     assert "first_chunk_timeout=1s" in response.json()["detail"]
 
