@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 from modal._runtime import user_code_imports
@@ -85,7 +86,12 @@ class ModalContainer:
     @contextlib.contextmanager
     def web_app(self, method: str = "mfk_web") -> Iterator[Any]:
         """The colocated app, its lifespan started and stopped by Modal's LifespanManager."""
-        app = self.partials[method].raw_f(self.instance)
+        with self.serving(self.partials[method].raw_f(self.instance)) as app:
+            yield app
+
+    @contextlib.contextmanager
+    def serving(self, app: Any) -> Iterator[Any]:
+        """Run ``app``'s lifespan on this container's loop, as Modal does for a web endpoint."""
         lifespan = LifespanManager(app, {})
         self.loop.create_task(lifespan.background_task())
         self.loop.run(lifespan.lifespan_startup())
@@ -93,6 +99,22 @@ class ModalContainer:
             yield app
         finally:
             self.loop.run(lifespan.lifespan_shutdown())
+
+    def handle(self) -> Any:
+        """A stand-in for the deployed ``modal.Cls`` whose ``mfk_predict.remote.aio`` runs this
+        container's method on its loop (one input per call, as Modal sends a batch of one)."""
+        predict = self._finalized("mfk_predict")
+
+        async def remote(payload: Any) -> Any:
+            answer = await predict.callable([payload] if self._batched else payload)
+            return answer[0] if self._batched else answer
+
+        method = SimpleNamespace(remote=SimpleNamespace(aio=remote))
+        return lambda: SimpleNamespace(mfk_predict=method)
+
+    @property
+    def _batched(self) -> bool:
+        return bool(self.partials["mfk_predict"].params.batch_max_size)
 
     def _finalized(self, method: str) -> Any:
         functions = self.service.get_finalized_functions(self.function_def, None)

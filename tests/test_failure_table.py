@@ -1,0 +1,148 @@
+"""One table of failures, answered the same way on every path a request can take:
+
+- local: the router on the in-process backend (``mfk serve``, ``include_router``);
+- split: the web tier's router on the Modal backend, calling the GPU class's ``mfk_predict``
+  inside a container run by Modal's own lifecycle code (envelopes across the wire);
+- colocated: the GPU class's own ``mfk_web`` app, in such a container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from pydantic import BaseModel
+
+from modal_fastapi_kit import InputError, ModelServer, gpu_service
+
+from ._servers import ThreadedServer, wait_ready
+from .modal_container import ModalContainer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Case(BaseModel):
+    mode: str
+    x: int = 1
+
+
+class Answer(BaseModel):
+    y: int
+
+
+RELEASE = threading.Event()
+
+
+class TableModel(ModelServer[Case, Answer]):
+    def predict_batch(self, items: list[Case]) -> list[object]:
+        answers: list[object] = []
+        for item in items:
+            if item.mode == "raise":
+                raise RuntimeError("secret: the whole call failed")
+            if item.mode == "refuse":
+                raise InputError("the model cannot take this case")
+            if item.mode == "hang":
+                RELEASE.wait(30)
+            answers.append(
+                {
+                    "ok": Answer(y=2 * item.x),
+                    "hang": Answer(y=0),
+                    "slot-error": ValueError("secret: this item failed"),
+                    "slot-refuse": InputError("this item is unreadable", status_code=400),
+                    "garbage": {"z": "not an Answer"},
+                }[item.mode]
+            )
+        return answers
+
+
+OPTIONS = {"route": "/case", "max_batch_size": 4, "stall_timeout": 0.5, "request_timeout": 10}
+
+
+@gpu_service(name="table-split", **OPTIONS)
+class SplitTable(TableModel):
+    pass
+
+
+@gpu_service(name="table-colocated", topology="colocated", **OPTIONS)
+class ColocatedTable(TableModel):
+    pass
+
+
+# (request, status, what the body says): the same on every path.
+TABLE = [
+    ({"mode": "ok", "x": 4}, 200, '{"y":8}'),
+    ({"mode": "raise"}, 500, "predict failed; quote the request id"),
+    ({"mode": "refuse"}, 422, "the model cannot take this case"),
+    ({"mode": "slot-error"}, 500, "predict failed; quote the request id"),
+    ({"mode": "slot-refuse"}, 400, "this item is unreadable"),
+    ({"mode": "garbage"}, 500, "predict failed; quote the request id"),
+    ({"mode": "hang"}, 503, "past stall_timeout=0.5s"),
+    ({"mode": "ok", "x": 1}, 200, '{"y":2}'),  # and it serves again once the call returned
+]
+
+Ask = Callable[[dict[str, object]], tuple[int, str]]
+Pause = Callable[[float], None]  # let the serving loop run (its watchdog beats meanwhile)
+
+
+@contextmanager
+def local() -> Iterator[tuple[Ask, Pause]]:
+    with ThreadedServer(SplitTable.asgi_app()) as server:
+        wait_ready(server.url)
+        with httpx.Client(base_url=server.url, timeout=20) as client:
+
+            def ask(body: dict[str, object]) -> tuple[int, str]:
+                response = client.post("/case", json=body)
+                return response.status_code, response.text
+
+            yield ask, time.sleep
+
+
+@contextmanager
+def in_container(
+    server_cls: type, web: Callable[[ModalContainer], object]
+) -> Iterator[tuple[Ask, Pause]]:
+    with ModalContainer(server_cls) as container, container.serving(web(container)) as app:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+
+        async def post(body: dict[str, object]) -> httpx.Response:
+            async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+                return await client.post("/case", json=body)
+
+        def ask(body: dict[str, object]) -> tuple[int, str]:
+            response = container.run(post(body))
+            return response.status_code, response.text
+
+        yield ask, lambda seconds: container.run(asyncio.sleep(seconds))
+
+
+def split() -> Iterator[tuple[Ask, Pause]]:
+    return in_container(
+        SplitTable,
+        lambda c: SplitTable.asgi_app(backend="modal", handle=c.handle()),
+    )
+
+
+def colocated() -> Iterator[tuple[Ask, Pause]]:
+    return in_container(ColocatedTable, lambda c: c.partials["mfk_web"].raw_f(c.instance))
+
+
+@pytest.mark.parametrize("path", [local, split, colocated], ids=["local", "split", "colocated"])
+def test_every_path_answers_the_failure_table_the_same_way(path):
+    RELEASE.clear()
+    seen = []
+    with path() as (ask, pause):  # type: ignore[operator]
+        for body, _, _ in TABLE:
+            if body["mode"] == "ok" and body["x"] == 1:
+                RELEASE.set()
+                pause(1.2)  # the stuck call returns; the watchdog notices
+            seen.append(ask(body))
+    RELEASE.set()
+    for (body, status, says), (got_status, text) in zip(TABLE, seen, strict=True):
+        assert got_status == status, (body, text)
+        assert says in text, (body, text)
+        assert "secret" not in text
