@@ -1,14 +1,16 @@
 """A tiny causal language model built offline, for examples and tests that stream text.
 
     from examples.tiny_lm import load, greedy_tokens
-    model, tokenizer = load("/tmp/tiny-lm")        # builds on first call, about 3 s on 2 CPUs
+    model, tokenizer = load("/tmp/tiny-lm")     # the first call builds it: ~5 s, plus imports
     greedy_tokens(model, tokenizer, "The lighthouse", max_new_tokens=20)
+    # [' stood', ' on', ' the', ' rock', 's', ' at', ' the', ' end', ...]
 
-``build()`` trains a byte-level BPE tokenizer (``tokenizers``) and a 2-layer GPT-2 (~0.2M
-parameters) on a short corpus embedded below, with fixed seeds, and saves both with
-``save_pretrained``. Nothing is downloaded. The directory is written to a temporary sibling
-and renamed into place, so concurrent builders are safe. The tokenizer carries a chat template
-over ``<|system|>``, ``<|user|>``, ``<|assistant|>`` and ``<|end|>``; ``<|end|>`` is the eos.
+``build()`` trains a byte-level BPE tokenizer (``tokenizers``, 512 tokens) and a 2-layer GPT-2
+(149k parameters) for 300 steps on a short corpus embedded below, with fixed seeds and one
+thread, and saves both with ``save_pretrained``. Nothing is downloaded. The files are written
+to a temporary sibling and renamed into place, so concurrent builders are safe. The tokenizer
+has a chat template over ``<|system|>``, ``<|user|>``, ``<|assistant|>`` and ``<|end|>``
+(the eos); ``greedy_tokens`` streams with a KV cache and ``reference_text`` uses ``generate``.
 
 torch, transformers and tokenizers are imported inside the functions: importing this module
 stays cheap.
@@ -22,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,8 +83,8 @@ CORPUS = (
 CHATS = (
     (
         "Tell me about the lighthouse.",
-        "The lighthouse stood on the rocks at the end of the "
-        "harbour, and its beam guided the boats home.",
+        "The lighthouse stood on the rocks at the end of the harbour, "
+        "and its beam guided the boats home.",
     ),
     (
         "What does the miller do?",
@@ -176,16 +178,17 @@ def _make_tokenizer() -> PreTrainedTokenizerBase:
     questions = [question for question, _ in CHATS]
     answers = [answer for _, answer in CHATS]
     raw.train_from_iterator([*CORPUS, *questions, *answers, SYSTEM_PROMPT], trainer=trainer)
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
-        extra_special_tokens=[SYSTEM, USER, ASSISTANT],
-        chat_template=CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
+        additional_special_tokens=[SYSTEM, USER, ASSISTANT],  # 5.x: extra_special_tokens
+        clean_up_tokenization_spaces=False,  # decoding must not rewrite earlier text
         model_max_length=N_POSITIONS,
     )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def _training_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -265,6 +268,7 @@ def build(directory: str | os.PathLike[str]) -> Path:
         tokenizer.save_pretrained(staging)
         model.save_pretrained(staging, safe_serialization=True)
         (staging / _MARKER).write_text(json.dumps({"build_id": _build_id()}) + "\n")
+        staging.chmod(0o755)  # mkdtemp makes it 0700
         try:
             os.replace(staging, target)  # atomic; replaces only a missing or empty folder
         except OSError:
@@ -300,44 +304,79 @@ def _prompt_ids(
     return ids.to(model.device)
 
 
-def stream_greedy(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int
-) -> Iterator[str]:
-    """Greedy decoding one token at a time with a KV cache, yielding new text as it forms.
+class PieceDecoder:
+    """Token ids in, text pieces out, joining to ``tokenizer.decode(all_ids)``.
 
-    Stops at eos (not yielded) or after ``max_new_tokens``. The growing output is decoded
-    whole and only the new suffix is yielded, held back while it ends in an incomplete UTF-8
-    character, so the pieces always join to ``tokenizer.decode(all_new_ids)``.
+    The growing sequence is decoded whole and only the new suffix is returned; it is held back
+    while it ends in an incomplete UTF-8 character (a byte-level token can split one).
     """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.emitted = ""
+
+    def push(self, token_id: int) -> str:
+        """The text ``token_id`` completes ("" while a character is still incomplete)."""
+        self.ids.append(token_id)
+        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        if text.endswith("\ufffd") or not text.startswith(self.emitted):
+            return ""
+        piece, self.emitted = text[len(self.emitted) :], text
+        return piece
+
+    def finish(self) -> str:
+        """Whatever is still held back at the end of the sequence."""
+        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        if len(text) > len(self.emitted) and text.startswith(self.emitted):
+            piece, self.emitted = text[len(self.emitted) :], text
+            return piece
+        return ""
+
+
+def decode_pieces(tokenizer: PreTrainedTokenizerBase, token_ids: Iterable[int]) -> Iterator[str]:
+    """The non-empty pieces of a ``PieceDecoder`` over ``token_ids``."""
+    decoder = PieceDecoder(tokenizer)
+    for token_id in token_ids:
+        if piece := decoder.push(token_id):
+            yield piece
+    if piece := decoder.finish():
+        yield piece
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """The forward's KV-cache keyword: transformers 5.x renamed ``past_key_values`` to
+    ``cache`` (the old name warns)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def greedy_ids(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int
+) -> Iterator[int]:
+    """Greedy decoding one step at a time with a KV cache; stops before eos."""
     import torch
 
     input_ids = _prompt_ids(model, tokenizer, prompt, max_new_tokens)
-    # transformers 5.x renamed the forward's `past_key_values` to `cache` (the old name warns).
-    params = inspect.signature(model.forward).parameters
-    cache_arg = "cache" if "cache" in params else "past_key_values"
+    cache_arg = cache_argument(model)
     eos = model.generation_config.eos_token_id
     stop = set(eos if isinstance(eos, list) else [eos])
-    generated: list[int] = []
-    emitted = ""
     past: Any = None
-    with torch.inference_mode():
-        for _ in range(max_new_tokens):
+    for _ in range(max_new_tokens):
+        with torch.inference_mode():  # not held across the yield: it is thread state
             out = model(input_ids=input_ids, use_cache=True, **{cache_arg: past})
-            past = out[cache_arg]
-            token = int(out.logits[0, -1].argmax())
-            if token in stop:
-                break
-            generated.append(token)
-            input_ids = torch.tensor([[token]], device=input_ids.device)
-            text = tokenizer.decode(generated, skip_special_tokens=True)
-            if text.endswith("\ufffd") or not text.startswith(emitted):
-                continue  # an incomplete character: wait for its next byte
-            piece, emitted = text[len(emitted) :], text
-            if piece:
-                yield piece
-    text = tokenizer.decode(generated, skip_special_tokens=True)
-    if len(text) > len(emitted) and text.startswith(emitted):
-        yield text[len(emitted) :]
+        past = out[cache_arg]
+        token = int(out.logits[0, -1].argmax())
+        if token in stop:
+            return
+        yield token
+        input_ids = torch.tensor([[token]], device=input_ids.device)
+
+
+def stream_greedy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int
+) -> Iterator[str]:
+    """Greedy text pieces as they form: ``decode_pieces`` over ``greedy_ids``."""
+    return decode_pieces(tokenizer, greedy_ids(model, tokenizer, prompt, max_new_tokens))
 
 
 def greedy_tokens(

@@ -101,20 +101,25 @@ class ModalContainer:
             self.loop.run(lifespan.lifespan_shutdown())
 
     def handle(self) -> Any:
-        """A stand-in for the deployed ``modal.Cls`` whose ``mfk_predict.remote.aio`` runs this
-        container's method on its loop (one input per call, as Modal sends a batch of one)."""
-        predict = self._finalized("mfk_predict")
+        """A stand-in for the deployed ``modal.Cls``: ``mfk_predict.remote.aio`` and
+        ``mfk_stream.remote_gen.aio`` run this container's methods on its loop (one input per
+        call, as Modal sends a batch of one when nothing else is waiting)."""
+        methods: dict[str, Any] = {}
+        if "mfk_predict" in self.partials:
+            predict = self._finalized("mfk_predict")
+            batched = bool(self.partials["mfk_predict"].params.batch_max_size)
 
-        async def remote(payload: Any) -> Any:
-            answer = await predict.callable([payload] if self._batched else payload)
-            return answer[0] if self._batched else answer
+            async def remote(payload: Any) -> Any:
+                answer = await predict.callable([payload] if batched else payload)
+                return answer[0] if batched else answer
 
-        method = SimpleNamespace(remote=SimpleNamespace(aio=remote))
-        return lambda: SimpleNamespace(mfk_predict=method)
-
-    @property
-    def _batched(self) -> bool:
-        return bool(self.partials["mfk_predict"].params.batch_max_size)
+            methods["mfk_predict"] = SimpleNamespace(remote=SimpleNamespace(aio=remote))
+        if "mfk_stream" in self.partials:
+            stream = self._finalized("mfk_stream")
+            methods["mfk_stream"] = SimpleNamespace(
+                remote_gen=SimpleNamespace(aio=lambda payload: stream.callable(payload))
+            )
+        return lambda: SimpleNamespace(**methods)
 
     def _finalized(self, method: str) -> Any:
         functions = self.service.get_finalized_functions(self.function_def, None)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import modal
@@ -24,7 +25,7 @@ from modal._utils.async_utils import synchronizer
 from modal.cls import _Cls
 from pydantic import BaseModel
 
-from modal_fastapi_kit import ConfigError, ModelServer, RetryPolicy, gpu_service
+from modal_fastapi_kit import END, ConfigError, ModelServer, RetryPolicy, gpu_service
 from modal_fastapi_kit._modal.build import (
     HF_CACHE_PATH,
     _retries,
@@ -504,3 +505,62 @@ def test_image_steps_run_in_order_with_local_sources_last(monkeypatch):
     assert calls[1][1] == packages
     assert calls[2][1] == ({"MODE": "prod", "HF_HOME": HF_CACHE_PATH},)
     assert calls[3][1] == ("modal_fastapi_kit",)
+
+
+# -- streaming classes -------------------------------------------------------------------------
+
+
+class Word(BaseModel):
+    word: str
+
+
+@gpu_service(name="split-stream", route="/words", gpu="L4", max_batch_size=4, wait_ms=1)
+class SplitStream(ModelServer[NumIn, Word]):
+    """A batched generator: per step one word (or END) per item."""
+
+    def predict_batch(self, items: list[NumIn]) -> Iterator[list[object]]:
+        for step in range(max(i.x for i in items) + 1):
+            yield [Word(word=f"w{step}") if step < i.x else END for i in items]
+
+
+@gpu_service(name="colocated-stream", route="/words", gpu="L4", topology="colocated")
+class ColocatedStream(ModelServer[NumIn, Word]):
+    async def predict(self, item: NumIn) -> AsyncIterator[Word]:
+        for step in range(item.x):
+            yield Word(word=f"a{step}")
+
+
+def test_a_streaming_split_class_gets_a_generator_method_with_concurrency_not_batched():
+    info = gpu_info(SplitStream, "mfk_stream")
+    assert info.method_names == ["mfk_stream"]
+    assert info.batching_info is None  # Modal cannot batch a generator
+    assert info.concurrency_info.max_inputs == 64  # the container's own batcher fills batches
+    stream = partials(SplitStream)["mfk_stream"]
+    assert stream.params.is_generator
+    assert inspect.isasyncgenfunction(stream.raw_f)
+
+
+def test_a_streaming_split_class_streams_envelopes_from_its_container():
+    with ModalContainer(SplitStream) as container:
+        envelopes = list(container.stream("mfk_stream", {"x": 3}))
+        assert envelopes == [{"chunk": {"word": f"w{i}"}} for i in range(3)]
+        # The web tier's router on the Modal backend turns them into SSE.
+        app = SplitStream.asgi_app(backend="modal", handle=container.handle())
+        with container.serving(app):
+            response = container.run(_post(app, "/words", {"x": 2}))
+    assert response.status_code == 200
+    assert response.text == 'data: {"word":"w0"}\n\ndata: {"word":"w1"}\n\n'
+
+
+def test_a_streaming_colocated_class_streams_from_its_web_method():
+    info = gpu_info(ColocatedStream, "mfk_web")
+    assert info.method_names == ["mfk_web"]
+    with ModalContainer(ColocatedStream) as container, container.web_app() as app:
+        response = container.run(_post(app, "/words", {"x": 2}))
+    assert response.text == 'data: {"word":"a0"}\n\ndata: {"word":"a1"}\n\n'
+
+
+async def _post(app: object, path: str, body: dict[str, int]) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+        return await client.post(path, json=body)

@@ -100,7 +100,7 @@ def describe(built: ModalDeployment) -> list[tuple[str, list[Row]]]:
         ("secrets*", ", ".join(config.secrets) or "-"),
         ("region / cloud", f"{', '.join(info.regions or []) or 'any'} / {info.cloud or 'any'}"),
     ]
-    web = [("topology", _topology(split))]
+    web = [("topology", _topology(split, built.spec.streaming))]
     if split:
         assert built.web_function is not None
         web_info = built.web_function.info()
@@ -216,8 +216,10 @@ def _batching(built: ModalDeployment, info: Any) -> str:
         batching = info.batching_info
         return f"@modal.batched: up to {batching.max_batch_size}, wait {batching.wait_ms} ms"
     if config.batched:
+        where = "the web app" if config.topology == "colocated" else "the container"
+        why = " (Modal cannot batch generators)" if built.spec.streaming else ""
         return (
-            f"modal_fastapi_kit's batcher in the web app: up to {config.max_batch_size}, "
+            f"modal_fastapi_kit's batcher in {where}{why}: up to {config.max_batch_size}, "
             f"wait {config.wait_ms:g} ms"
         )
     return "off (one input per call)"
@@ -257,7 +259,8 @@ def _proxy_auth(web_info: Any) -> str:
     return "on (callers send Modal-Key / Modal-Secret; the raw URL answers 401 otherwise)"
 
 
-def _topology(split: bool) -> str:
+def _topology(split: bool, streaming: bool) -> str:
     if split:
-        return "split: CPU web function -> GPU class via .remote.aio (/healthz wakes no GPU)"
+        call = ".remote_gen.aio" if streaming else ".remote.aio"
+        return f"split: CPU web function -> GPU class via {call} (/healthz wakes no GPU)"
     return "colocated: the GPU class serves the router itself"
