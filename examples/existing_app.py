@@ -1,11 +1,15 @@
-"""An app you already run, with the Embedder mounted under /ml.
+"""An app you already run, with two services mounted under /ml: embeddings and generation.
 
     uvicorn examples.existing_app:app --port 8000
     curl localhost:8000/                      # the app's own route
     curl -X POST localhost:8000/ml/embed -H 'content-type: application/json' \\
          -d '{"text": "hello world"}'
+    curl -N -X POST localhost:8000/ml/generate -H 'content-type: application/json' \\
+         -d '{"prompt": "The lighthouse"}'
+    curl localhost:8000/ml/readyz             # 200 once both models are loaded
 
-The router's lifespan loads the model; FastAPI merges it with the app's own lifespan.
+Each router's lifespan loads its model (one after the other); FastAPI merges them with the
+app's own lifespan. /ml/healthz and /ml/readyz answer for both services.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from examples.embeddings import Embedder
+from examples.generate import Generator
 
 
 @asynccontextmanager
@@ -37,4 +42,5 @@ async def read_item(item_id: int) -> dict[str, int]:
     return {"item_id": item_id}
 
 
-app.include_router(Embedder.router(), prefix="/ml", tags=["ml"])
+app.include_router(Embedder.router(), prefix="/ml")
+app.include_router(Generator.router(), prefix="/ml")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -66,17 +68,46 @@ def test_mfk_serve_embeddings_matches_sentence_transformers(reference):
     assert p.proc.returncode == 130, p.output  # stopped with Ctrl-C, gracefully
 
 
-def test_existing_app_serves_its_own_routes_and_the_embedder(reference):
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from examples import tiny_lm
+
+    return tiny_lm.build(tmp_path_factory.mktemp("tiny-lm") / "model")
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_existing_app_serves_its_own_routes_and_both_services(run, reference, tiny_lm_dir):
+    # Each run is a fresh process: both load() calls import transformers, one after the other.
+    from examples import tiny_lm
+
+    model, tokenizer = tiny_lm.load(tiny_lm_dir)
+    expected = tiny_lm.reference_text(model, tokenizer, "The lighthouse", 32)
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", "examples.existing_app:app", "--port", str(port)]
-    with running(args):
+    with running(args, env={"TINY_LM_DIR": str(tiny_lm_dir)}) as server:
         base = f"http://127.0.0.1:{port}"
         wait_ready(base, "/ml/readyz")
         with httpx.Client(base_url=base, timeout=30) as client:
+            assert client.get("/ml/readyz").json() == {
+                "status": "ready",
+                "services": {"Embedder": {"status": "ready"}, "Generator": {"status": "ready"}},
+            }
             assert client.get("/").json() == {"message": "hello from the existing app"}
             assert client.get("/items/7").json() == {"item_id": 7}
             response = client.post("/ml/embed", json={"text": SENTENCES[1]})
             assert response.status_code == 200
             assert_close(response.json()["embedding"], reference[SENTENCES[1]])
+            generated = client.post("/ml/generate", json={"prompt": "The lighthouse"})
+            assert generated.status_code == 200, generated.text
+            text = "".join(
+                json.loads(line[6:])["text"]
+                for line in generated.text.splitlines()
+                if line.startswith("data: ")
+            )
+            assert text == expected
             assert client.post("/embed", json={"text": "x"}).status_code == 404
-            assert "/ml/embed" in client.get("/openapi.json").json()["paths"]
+            spec = client.get("/openapi.json").json()
+            assert {"/ml/embed", "/ml/generate", "/ml/readyz"} <= set(spec["paths"])
+            assert spec["paths"]["/ml/embed"]["post"]["tags"] == ["Embedder"]
+            assert spec["paths"]["/ml/generate"]["post"]["tags"] == ["Generator"]
+    assert "Traceback" not in server.output
