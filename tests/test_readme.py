@@ -29,8 +29,8 @@ def bash_block(containing: str) -> str:
 
 
 def test_the_readme_has_the_blocks_this_file_runs():
-    assert len(PYTHON) == 3
-    assert len(BASH) == 6
+    assert len(PYTHON) == 4
+    assert len(BASH) == 7
 
 
 def test_quickstart_serves_with_mfk_and_answers_the_curl(tmp_path: Path):
@@ -39,7 +39,7 @@ def test_quickstart_serves_with_mfk_and_answers_the_curl(tmp_path: Path):
     port = free_port()
     with running([str(BIN / serve[0]), *serve[1:], "--port", str(port)], cwd=tmp_path) as p:
         wait_ready(f"http://127.0.0.1:{port}", timeout=120)
-        curl = bash_block("curl").replace("localhost:8000", f"127.0.0.1:{port}")
+        curl = bash_block("localhost:8000/embed").replace("localhost:8000", f"127.0.0.1:{port}")
         out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith('{"embedding":[')
@@ -48,7 +48,15 @@ def test_quickstart_serves_with_mfk_and_answers_the_curl(tmp_path: Path):
     assert "Embedder ready" in p.output
 
 
-def test_mount_block_serves_under_prefix():
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from examples import tiny_lm
+
+    return tiny_lm.build(tmp_path_factory.mktemp("tiny-lm") / "model")
+
+
+def test_mount_block_serves_both_services_under_the_prefix(tiny_lm_dir, monkeypatch):
+    monkeypatch.setenv("TINY_LM_DIR", str(tiny_lm_dir))
     namespace: dict[str, object] = {}
     exec(compile(PYTHON[1], "README.md", "exec"), namespace)
     with TestClient(namespace["app"]) as client:  # type: ignore[arg-type]
@@ -56,9 +64,40 @@ def test_mount_block_serves_under_prefix():
             if client.get("/ml/readyz").status_code == 200:
                 break
             time.sleep(0.05)
+        assert set(client.get("/ml/readyz").json()["services"]) == {"Embedder", "Generator"}
         response = client.post("/ml/embed", json={"text": "hello"})
         assert response.status_code == 200
         assert len(response.json()["embedding"]) == 384
+        streamed = client.post("/ml/generate", json={"prompt": "The lighthouse"})
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        assert streamed.text.startswith('data: {"index":0,')
+
+
+def test_streaming_block_streams_words_and_refuses_a_blank_prompt(tmp_path: Path):
+    (tmp_path / "words.py").write_text(PYTHON[2])
+    port = free_port()
+    with running([str(BIN / "mfk"), "serve", "words.py", "--port", str(port)], cwd=tmp_path):
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base)
+        response = httpx.post(f"{base}/words", json={"text": "to be or"}, timeout=10)
+        assert response.text == "".join(f'data: {{"word":"{w}"}}\n\n' for w in ("to", "be", "or"))
+        blank = httpx.post(f"{base}/words", json={"text": "  "}, timeout=10)
+        assert blank.status_code == 422
+        assert blank.json()["detail"] == "the prompt is blank"
+
+
+def test_generate_block_streams_with_curl(tiny_lm_dir):
+    serve, curl = bash_block("mfk serve examples/generate.py").strip().split("\n", 1)
+    port = free_port()
+    serve = serve.replace("8001", str(port))
+    curl = curl.replace("localhost:8001", f"127.0.0.1:{port}")
+    args = serve.split()
+    with running([str(BIN / args[0]), *args[1:]], env={"TINY_LM_DIR": str(tiny_lm_dir)}):
+        wait_ready(f"http://127.0.0.1:{port}", timeout=120)
+        out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    events = [line for line in out.stdout.split("\n\n") if line]
+    assert len(events) > 5 and all(e.startswith('data: {"index":') for e in events)
 
 
 def test_make_targets_named_in_the_readme_exist():
@@ -79,7 +118,7 @@ def test_install_lines_name_real_extras():
 
 def test_modal_app_line_is_what_the_example_binds():
     example = (ROOT / "examples" / "embeddings.py").read_text()
-    line = PYTHON[2].split("#")[0].strip()
+    line = PYTHON[3].split("#")[0].strip()
     assert line in example
 
 
