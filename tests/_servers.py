@@ -94,6 +94,26 @@ def running(
         process.stop()
 
 
+def raw_post(port: int, x: int, path: str = "/double") -> socket.socket:
+    """Send a JSON POST ``{"x": x}`` on a raw socket and return it unread, still open."""
+    body = f'{{"x": {x}}}'.encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+def no_modal_credentials(tmp_path: Path) -> dict[str, str]:
+    """This process's environment without any Modal credentials (env vars or config file)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env["MODAL_CONFIG_PATH"] = str(tmp_path / "no-modal.toml")
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
 def wait_ready(base_url: str, path: str = "/readyz", timeout: float = 120) -> list[int]:
     """Poll ``path`` until it answers 200; return every status seen on the way."""
     seen: list[int] = []

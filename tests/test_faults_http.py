@@ -4,7 +4,6 @@ refuses, a model that hangs, and clients that leave while their requests are que
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import pytest
 
 from modal_fastapi_kit import InputError, ModelServer, gpu_service
 
-from ._servers import ThreadedServer, wait_ready
+from ._servers import ThreadedServer, raw_post, wait_ready
 from ._toys import NumIn, NumOut
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -181,17 +180,6 @@ class Gated(ModelServer[NumIn, NumOut]):
         return NumOut(y=item.x)
 
 
-def _raw_post(port: int, x: int) -> socket.socket:
-    body = f'{{"x": {x}}}'.encode()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(
-        b"POST /double HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    return sock
-
-
 def test_clients_that_leave_free_their_queue_place_at_once():
     Gated.computed = []
     GATE.clear()
@@ -199,10 +187,10 @@ def test_clients_that_leave_free_their_queue_place_at_once():
     try:
         with ThreadedServer(Gated.asgi_app()) as server:
             wait_ready(server.url)
-            running = _raw_post(server.port, 0)  # takes the model
+            running = raw_post(server.port, 0)  # takes the model
             assert BUSY.wait(5)
             for round_ in range(5):  # far more than max_queue_size=2 come and go
-                gone = [_raw_post(server.port, 100 * round_ + i) for i in (1, 2)]
+                gone = [raw_post(server.port, 100 * round_ + i) for i in (1, 2)]
                 time.sleep(0.15)
                 for sock in gone:  # queued, not refused: the places of the last round are free
                     sock.settimeout(0.2)

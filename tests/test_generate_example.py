@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ._servers import BIN, ROOT, free_port, running, wait_ready
+from ._servers import BIN, ROOT, free_port, no_modal_credentials, running, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -179,8 +178,7 @@ CONTAINER_IMPORT = textwrap.dedent(
 
 def test_modal_imports_the_streaming_class_and_its_web_function(tmp_path):
     shutil.copy(ROOT / "examples" / "generate.py", tmp_path / "generate.py")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
-    env["MODAL_CONFIG_PATH"] = str(tmp_path / "no-modal.toml")
+    env = no_modal_credentials(tmp_path)
     env["PYTHONPATH"] = str(ROOT)  # the image ships `examples` (local_sources)
     done = subprocess.run(
         [sys.executable, "-c", CONTAINER_IMPORT],

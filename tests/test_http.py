@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from ._servers import ThreadedServer
+from ._servers import ThreadedServer, raw_post
 from ._toys import Probe, doubler
 
 
@@ -28,17 +27,6 @@ def served(probe: Probe) -> Iterator[ThreadedServer]:
                 break
             time.sleep(0.01)
         yield server
-
-
-def raw_post(port: int, x: int) -> socket.socket:
-    body = f'{{"x": {x}}}'.encode()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(
-        b"POST /double HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    return sock
 
 
 def test_a_client_that_disconnects_while_queued_is_not_computed(served, probe):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from ._servers import no_modal_credentials
 from .modal_container import ModalContainer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "embeddings.py"
@@ -80,19 +81,12 @@ print(json.dumps({
 """
 
 
-def _no_credentials_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
-    env["MODAL_CONFIG_PATH"] = str(tmp_path / "no-modal.toml")
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
 def test_container_import_finds_the_marked_class_and_the_web_function(tmp_path):
     shutil.copy(EXAMPLE, tmp_path / "embeddings.py")
     done = subprocess.run(
         [sys.executable, "-c", CONTAINER_IMPORT],
         cwd=tmp_path,
-        env=_no_credentials_env(tmp_path),
+        env=no_modal_credentials(tmp_path),
         capture_output=True,
         text=True,
         timeout=120,

@@ -91,31 +91,23 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
             await backend.stop()
 
     router = ServiceRouter(backend, lifespan=lifespan)
-    if spec.streaming:
-        router.add_api_route(
-            config.route,
-            predict,
-            methods=["POST"],
-            name=names["predict"],
-            summary=f"{spec.name}: predict (streamed)",
-            tags=tags,
-            response_model=spec.response_model,
-            response_class=_EventStream,
-            responses={**_ERROR_RESPONSES, **chunk_responses(spec.response_model)},
-            max_body_size=config.max_body_bytes,
-        )
-    else:
-        router.add_api_route(
-            config.route,
-            predict,
-            methods=["POST"],
-            name=names["predict"],
-            summary=f"{spec.name}: predict",
-            tags=tags,
-            response_model=spec.response_model,
-            responses=_ERROR_RESPONSES,
-            max_body_size=config.max_body_bytes,
-        )
+    # A stream documents its 200 as SSE and NDJSON of the chunk model; FastAPI never writes
+    # the answer itself (the endpoints return a Response), so response_class only says so.
+    streamed: dict[str, Any] = {
+        "response_class": _EventStream,
+        "responses": {**_ERROR_RESPONSES, **chunk_responses(spec.response_model)},
+    }
+    router.add_api_route(
+        config.route,
+        predict,
+        methods=["POST"],
+        name=names["predict"],
+        summary=f"{spec.name}: predict" + (" (streamed)" if spec.streaming else ""),
+        tags=tags,
+        response_model=spec.response_model,
+        max_body_size=config.max_body_bytes,
+        **(streamed if spec.streaming else {"responses": _ERROR_RESPONSES}),
+    )
     router.add_api_route(
         "/healthz",
         healthz,
