@@ -438,3 +438,16 @@ async def test_a_failed_load_says_why_and_leaves_the_turn_to_the_next_service():
     runtime = await started(SlowLoadA)
     assert runtime.state is LoadState.READY
     await runtime.stop()
+
+
+@gpu_service(name="warmup-fails")
+class WarmupFails(SlowLoadA):
+    async def warmup(self) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+
+async def test_a_failed_warmup_is_named_as_such():
+    runtime = ModelRuntime(service_spec(WarmupFails))
+    with pytest.raises(RuntimeError):
+        await runtime.start()
+    assert runtime.error == "WarmupFails.warmup() raised RuntimeError: CUDA out of memory"

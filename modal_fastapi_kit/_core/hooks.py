@@ -118,17 +118,18 @@ class ModelRuntime:
             return
         began = time.monotonic()
         self.state = LoadState.LOADING
+        step = "__init__"
         try:
             async with _load_turn():
                 if self.instance is None:
                     self.instance = await self.thread.call(self.spec.server_cls)
-                for hook in hooks:
-                    await self._call_hook(hook)
+                for step in hooks:
+                    await self._call_hook(step)
         except BaseException as exc:
             self.state = LoadState.FAILED
-            self.error = f"{self.spec.name}.load() raised {type(exc).__name__}: {exc}"
+            self.error = f"{self.spec.name}.{step}() raised {type(exc).__name__}: {exc}"
             if isinstance(exc, Exception):
-                logger.error("loading %s failed", self.spec.name, exc_info=exc)
+                logger.error("loading %s failed in %s()", self.spec.name, step, exc_info=exc)
             raise
         self.load_seconds = (self.load_seconds or 0.0) + time.monotonic() - began
         if final:
