@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -36,11 +37,12 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import httpx
 
 from benchmarks.contenders import BIN, READY_TIMEOUT_S, ROUTE, Contender, Server, serving
+from benchmarks.load import _percentile
 from benchmarks.memory import tree_cpu_seconds
 from benchmarks.serving import machine
 
@@ -145,7 +147,7 @@ async def stream_once(
                     found.arrivals.append(time.perf_counter())
                     if keep_text:
                         found.texts.append(str(json.loads(line[5:])["text"]))
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
+    except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
         found.error = f"{type(exc).__name__}: {exc}"
     if found.error is None and not found.arrivals:
         found.error = "the stream ended without a chunk"
@@ -168,9 +170,7 @@ async def _check(url: str, max_new_tokens: int, expected: dict[str, str]) -> lis
     """Stream every prompt alone, then all at once; return what differs from ``expected``."""
     problems: list[str] = []
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as client:
-        alone = [
-            await stream_once(client, url, p, max_new_tokens, keep_text=True) for p in PROMPTS
-        ]
+        alone = [await stream_once(client, url, p, max_new_tokens, keep_text=True) for p in PROMPTS]
         together = await asyncio.gather(
             *(stream_once(client, url, p, max_new_tokens, keep_text=True) for p in PROMPTS)
         )
@@ -179,7 +179,9 @@ async def _check(url: str, max_new_tokens: int, expected: dict[str, str]) -> lis
             if got.error is not None:
                 problems.append(f"{prompt!r} ({how}): {got.error}")
             elif (text := "".join(got.texts)) != expected[prompt]:
-                problems.append(f"{prompt!r} ({how}): streamed {text!r}, expected {expected[prompt]!r}")
+                problems.append(
+                    f"{prompt!r} ({how}): streamed {text!r}, expected {expected[prompt]!r}"
+                )
     return problems
 
 
@@ -193,22 +195,16 @@ class Window:
     concurrency: int
     seconds: float
     chunks: int  # arrived inside the window, from any stream
+    chunks_per_s: float  # chunks / seconds: all streams together
     requests: int  # sent inside the window and streamed to the end
-    first_p50_ms: float
-    first_p95_ms: float
-    stream_rate: float  # median over those requests of their own chunks/s
+    first_p50_ms: float | None  # time to first chunk, over those requests
+    first_p95_ms: float | None
+    stream_rate: float | None  # median over those requests of their own chunks/s
     errors: int  # failed requests of the whole run, warm-up included
     server_cpu_s: float  # the server's process tree, inside the window
+    server_cpu_s_per_1000_chunks: float | None
     client_cpu_s: float  # this process (the clients), inside the window
-    first_ms: list[float] = field(default_factory=list, repr=False)  # per request, raw
-
-    @property
-    def chunks_per_s(self) -> float:
-        return self.chunks / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def cpu_s_per_1000_chunks(self) -> float:
-        return 1000 * self.server_cpu_s / self.chunks if self.chunks else float("nan")
+    first_ms: list[float] = field(default_factory=list, repr=False)  # per request, sorted
 
 
 async def drive(
@@ -227,27 +223,24 @@ async def drive(
     """
     prompts = itertools.cycle(PROMPTS)
     streams: list[Stream] = []
-    in_flight: set[int] = set()  # ids of the streams not finished yet
+    in_flight: dict[int, Stream] = {}  # by id(): the streams sent and not finished yet
     begun = time.perf_counter()
     start_at, stop_at = begun + warmup, begun + warmup + seconds
     measured_done = asyncio.Event()
     cpu: dict[str, float] = {}
 
     def note_done() -> None:
-        if time.perf_counter() >= stop_at and not any(
-            streams[i].sent < stop_at for i in in_flight
-        ):
+        if time.perf_counter() >= stop_at and not any(s.sent < stop_at for s in in_flight.values()):
             measured_done.set()
 
     def sent(stream: Stream) -> None:
-        in_flight.add(len(streams))
+        in_flight[id(stream)] = stream
         streams.append(stream)
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while not measured_done.is_set():
-            index = len(streams)
-            await stream_once(client, url, next(prompts), max_new_tokens, started=sent)
-            in_flight.discard(index)
+            got = await stream_once(client, url, next(prompts), max_new_tokens, started=sent)
+            del in_flight[id(got)]
             note_done()
 
     async def clock() -> None:
@@ -265,9 +258,12 @@ async def drive(
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(measured_done.wait(), DRAIN_TIMEOUT_S)
         measured_done.set()
-        await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT_S)
-        for task in tasks:
+        done, stuck = await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT_S)
+        for task in stuck:
             task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
+    if failed := [exc for task in done if (exc := task.exception()) is not None]:
+        raise RuntimeError(f"a client failed: {failed[0]!r}") from failed[0]
     return _window(streams, concurrency, start_at, stop_at, cpu)
 
 
@@ -277,24 +273,293 @@ def _window(
     measured = [s for s in streams if start_at <= s.sent < stop_at and s.ok]
     first_ms = sorted(1000 * s.first_s for s in measured)
     rates = [r for s in measured if (r := s.rate) is not None]
+    seconds = stop_at - start_at
+    chunks = sum(start_at <= t < stop_at for s in streams for t in s.arrivals)
     return Window(
         concurrency=concurrency,
-        seconds=stop_at - start_at,
-        chunks=sum(start_at <= t < stop_at for s in streams for t in s.arrivals),
+        seconds=seconds,
+        chunks=chunks,
+        chunks_per_s=chunks / seconds,
         requests=len(measured),
-        first_p50_ms=_percentile(first_ms, 50),
-        first_p95_ms=_percentile(first_ms, 95),
-        stream_rate=statistics.median(rates) if rates else 0.0,
+        first_p50_ms=_percentile(first_ms, 50) if first_ms else None,
+        first_p95_ms=_percentile(first_ms, 95) if first_ms else None,
+        stream_rate=statistics.median(rates) if rates else None,
         errors=sum(1 for s in streams if s.finished and not s.ok),
-        server_cpu_s=cpu.get("server", float("nan")),
-        client_cpu_s=cpu.get("client", float("nan")),
+        server_cpu_s=cpu["server"],
+        server_cpu_s_per_1000_chunks=1000 * cpu["server"] / chunks if chunks else None,
+        client_cpu_s=cpu["client"],
         first_ms=[round(ms, 3) for ms in first_ms],
     )
 
 
-def _percentile(ordered: list[float], pct: float) -> float:
-    """Nearest rank, as ``benchmarks.load`` computes its percentiles."""
-    if not ordered:
-        return float("nan")
-    rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+# -- one server, several rounds ----------------------------------------------------------------
+
+
+class WrongText(RuntimeError):
+    """A contender streamed something other than the reference continuation."""
+
+
+@dataclass
+class Measurement:
+    """One contender in one round (or the best of several): a window per concurrency."""
+
+    key: str
+    label: str
+    windows: list[Window] = field(default_factory=list)
+    ready_seconds: float = 0.0
+    error: str | None = None
+
+    def at(self, concurrency: int) -> Window | None:
+        return next((w for w in self.windows if w.concurrency == concurrency), None)
+
+
+def wait_ready(server: Server, timeout: float = READY_TIMEOUT_S) -> float:
+    """Poll ``GET /readyz`` until it answers 200; return the seconds it took."""
+    readyz = server.url.removesuffix(ROUTE) + "/readyz"
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < timeout:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.contender.label} exited ({server.proc.returncode})")
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError),
+            urllib.request.urlopen(readyz, timeout=5) as answer,
+        ):
+            if answer.status == 200:
+                return elapsed
+        time.sleep(0.2)
+    raise RuntimeError(f"{server.contender.label} was not ready within {timeout:.0f}s")
+
+
+def measure_server(
+    key: str,
+    concurrency: list[int],
+    *,
+    expected: dict[str, str],
+    max_new_tokens: int,
+    seconds: float,
+    warmup: float,
+    log: IO[str],
+) -> Measurement:
+    """Start ``key``, check its text, drive it at each concurrency, stop it."""
+    contender = CONTENDERS[key]
+    found = Measurement(key=key, label=contender.label)
+    with serving(contender, log) as server:
+        url = server.url.removesuffix(ROUTE) + GENERATE
+        try:
+            found.ready_seconds = wait_ready(server)
+            problems = asyncio.run(_check(url, max_new_tokens, expected))
+            if problems:
+                raise WrongText(
+                    f"{contender.label} streamed text that differs from "
+                    f"tiny_lm.reference_text:\n  " + "\n  ".join(problems)
+                )
+            for c in concurrency:
+                _say(f"  {key}: concurrency {c}")
+                window = asyncio.run(
+                    drive(
+                        url,
+                        server.pid,
+                        concurrency=c,
+                        max_new_tokens=max_new_tokens,
+                        warmup=warmup,
+                        seconds=seconds,
+                    )
+                )
+                found.windows.append(window)
+                _say(
+                    f"    {window.chunks_per_s:.0f} chunks/s, {window.requests} requests, "
+                    f"first chunk p50 {_ms(window.first_p50_ms)} ms, {window.errors} errors, "
+                    f"client CPU {window.client_cpu_s:.1f} s"
+                )
+        except RuntimeError as exc:
+            if isinstance(exc, WrongText):
+                raise
+            found.error = f"{type(exc).__name__}: {exc}"
+            _say(f"  {key} failed: {found.error}")
+    return found
+
+
+def best_of(rounds: list[Measurement]) -> Measurement:
+    """Per concurrency, the round with the most chunks/s (load from elsewhere only slows)."""
+    first = rounds[0]
+    merged = Measurement(key=first.key, label=first.label, ready_seconds=first.ready_seconds)
+    for c in sorted({w.concurrency for m in rounds for w in m.windows}):
+        merged.windows.append(
+            max((w for m in rounds if (w := m.at(c)) is not None), key=lambda w: w.chunks_per_s)
+        )
+    errors = [m.error for m in rounds if m.error]
+    merged.error = "; ".join(errors) if errors else None
+    return merged
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything one benchmark run measured, and where."""
+
+    command: str
+    machine: dict[str, str]
+    seconds: float
+    warmup: float
+    rounds: int
+    max_new_tokens: int
+    concurrency: list[int]
+    best: list[Measurement]
+    per_round: list[list[Measurement]]
+    load_before: str = ""
+    load_after: str = ""
+    wall_seconds: float = 0.0
+
+
+def report(run: Run) -> str:
+    m = run.machine
+    rows = [
+        "| server | clients | requests | first chunk p50 (ms) | first chunk p95 (ms) "
+        "| chunks/s, all streams | chunks/s per stream | errors | server CPU s / 1000 chunks |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for measurement in run.best:
+        for w in measurement.windows:
+            rows.append(
+                f"| {measurement.label} | {w.concurrency} | {w.requests} "
+                f"| {_ms(w.first_p50_ms)} | {_ms(w.first_p95_ms)} | {w.chunks_per_s:.0f} "
+                f"| {_num(w.stream_rate, '.0f')} | {w.errors} "
+                f"| {_num(w.server_cpu_s_per_1000_chunks, '.2f')} |"
+            )
+        if measurement.error:
+            rows.append(f"| {measurement.label} | failed: {measurement.error} |||||||")
+    rounds = f"best of {run.rounds} rounds" if run.rounds > 1 else "1 round"
+    return "\n".join(
+        [
+            "## Streaming generation",
+            "",
+            f"`{run.command}` on {m['cpu']}, {m['memory']}, {m['os']} ({m['arch']}), "
+            f"Python {m['python']}; {m['packages']}. Load average {run.load_before} before, "
+            f"{run.load_after} after; {rounds}.",
+            "",
+            *rows,
+            "",
+            f"Method: both servers stream the tiny offline GPT-2 of `examples/tiny_lm.py` "
+            f"(greedy, `max_new_tokens={run.max_new_tokens}`, {len(PROMPTS)} prompts in "
+            f"rotation, some of which reach eos sooner; each server's text is first checked "
+            f"against `generate()`). Closed-loop httpx clients, in the benchmark process on "
+            f"the same cores, stream back to back for {run.warmup:g} s of warm-up, then "
+            f"{run.seconds:g} s measured: chunks/s counts the SSE events that arrived in that "
+            f"window; first chunk is from sending to the first event, and per stream is the "
+            f"median of each request's (chunks - 1) / (last - first event), over the requests "
+            f"sent in the window. Errors count every failed request of the run (non-200, "
+            f"error event, no chunk). Each server runs alone; CPU is its whole process tree"
+            + (f"; the best of {run.rounds} rounds per row." if run.rounds > 1 else "."),
+            "",
+        ]
+    )
+
+
+def _ms(value: float | None) -> str:
+    return _num(value, ".1f")
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seconds, not minutes")
+    parser.add_argument(
+        "--contenders", default=",".join(CONTENDERS), help=f"subset of {','.join(CONTENDERS)}"
+    )
+    parser.add_argument("--concurrency", default="1,16", help="comma-separated client counts")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="per request (1..200)")
+    parser.add_argument("--seconds", type=float, help="measured seconds per concurrency")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds before each window")
+    parser.add_argument("--rounds", type=int, help="measure everything this many times")
+    parser.add_argument("--out", type=Path, help="also write the markdown section here")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    preset = QUICK if args.quick else FULL
+    seconds = float(args.seconds or preset.seconds)
+    warmup = float(args.warmup if args.warmup is not None else preset.warmup)
+    rounds = int(args.rounds or preset.rounds)
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    keys = [k.strip() for k in args.contenders.split(",") if k.strip()]
+    if unknown := [k for k in keys if k not in CONTENDERS]:
+        parser.error(f"unknown contenders {unknown}; choose from {list(CONTENDERS)}")
+    if not 1 <= args.max_new_tokens <= 200:
+        parser.error("--max-new-tokens is 1 to 200, as examples/generate.py accepts")
+
+    from examples import tiny_lm
+
+    command = "python -m benchmarks.streaming " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    load_before = _loadavg()
+    per_round: list[list[Measurement]] = []
+    with tempfile.TemporaryDirectory(prefix="mfk-stream-bench-") as scratch:
+        _say("building the tiny model")
+        model_dir = tiny_lm.build(Path(scratch) / "tiny-lm")
+        os.environ["TINY_LM_DIR"] = str(model_dir)  # the servers inherit it
+        expected = reference_texts(model_dir, args.max_new_tokens)
+        for number in range(1, rounds + 1):
+            _say(f"round {number} of {rounds}")
+            per_round.append([])
+            # Every other round runs the servers in reverse order, so that a machine that
+            # grows busier or quieter during the run favours nobody.
+            for key in keys if number % 2 else keys[::-1]:
+                _say(f"{key}: starting")
+                log_path = Path(scratch, f"{key}.log")
+                try:
+                    with log_path.open("w") as log:
+                        found = measure_server(
+                            key,
+                            concurrency,
+                            expected=expected,
+                            max_new_tokens=args.max_new_tokens,
+                            seconds=seconds,
+                            warmup=warmup,
+                            log=log,
+                        )
+                except WrongText as exc:
+                    _say(f"aborted: {exc}")
+                    return 2
+                per_round[-1].append(found)
+                if found.error:
+                    _say(log_path.read_text()[-3000:])
+    by_key = [[r for m in per_round for r in m if r.key == key] for key in keys]
+    run = Run(
+        command=command.strip(),
+        machine={**machine(), "arch": platform.machine()},
+        seconds=seconds,
+        warmup=warmup,
+        rounds=rounds,
+        max_new_tokens=args.max_new_tokens,
+        concurrency=concurrency,
+        best=[best_of(found) for found in by_key],
+        per_round=per_round,
+        load_before=load_before,
+        load_after=_loadavg(),
+        wall_seconds=round(time.monotonic() - started, 1),
+    )
+    text = report(run)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(asdict(run), indent=1) + "\n")
+    _say(f"done in {run.wall_seconds:.0f}s")
+    return 1 if any(m.error for m in run.best) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
