@@ -49,6 +49,7 @@ DEFAULT_SCALEDOWN_WINDOW = 120
 DEFAULT_WEB_MAX_INPUTS = 256
 # A stream's chunks: the first within request_timeout unless set, then at most this far apart.
 DEFAULT_CHUNK_TIMEOUT = 30.0
+DEFAULT_API_KEYS_ENV = "MFK_API_KEYS"
 # stall_timeout="auto": a model call this many times request_timeout long is stuck, since
 # every request waiting on it has already been answered 504.
 STALL_FACTOR = 2.0
@@ -194,6 +195,11 @@ class ServiceConfig:
     custom_domains: tuple[str, ...] = ()
     requires_proxy_auth: bool = False
     web_max_inputs: int = DEFAULT_WEB_MAX_INPUTS
+    # -- API keys (see _http/auth.py) --------------------------------------------------------
+    auth: Literal["none", "api-key"] = "none"
+    api_keys_env: str = DEFAULT_API_KEYS_ENV
+    api_keys_secret: str | None = None
+    auth_readyz: bool = False
     # -- custom-domain edge (see OriginLock) -------------------------------------------------
     edge_secret_env: str | None = None
     public_hosts: tuple[str, ...] = ()
@@ -317,6 +323,31 @@ def _validate(c: ServiceConfig) -> None:
     _validate_modal_function(c)
     _validate_image(c)
     _validate_web(c)
+    _validate_auth(c)
+
+
+def _validate_auth(c: ServiceConfig) -> None:
+    _check(c.auth in ("none", "api-key"), "auth", c.auth, "'none' or 'api-key'")
+    _check(
+        isinstance(c.api_keys_env, str) and bool(_ENV_RE.match(c.api_keys_env)),
+        "api_keys_env",
+        c.api_keys_env,
+        "the name of an environment variable, e.g. 'MFK_API_KEYS'",
+    )
+    if c.api_keys_secret is not None:
+        _check(
+            isinstance(c.api_keys_secret, str) and bool(c.api_keys_secret),
+            "api_keys_secret",
+            c.api_keys_secret,
+            "the name of a Modal Secret that sets the keys variable, e.g. 'mfk-api-keys'",
+        )
+    if c.auth_readyz not in (True, False):
+        raise ConfigError(f"auth_readyz={c.auth_readyz!r}: expected a bool")
+    if c.auth == "none" and (c.api_keys_secret is not None or c.auth_readyz):
+        raise ConfigError(
+            "api_keys_secret / auth_readyz are set but auth='none': add auth='api-key' to "
+            "check keys, or drop them"
+        )
 
 
 def _validate_stall_and_streams(c: ServiceConfig) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._config import ServiceConfig, check_option_names
-from ._core.spec import SPEC_ATTR, PredictHook, ServiceSpec
+from ._core.spec import API_ATTR, SPEC_ATTR, PredictHook, ServiceSpec
 from ._errors import ConfigError
 from ._server import ModelServer, io_models
 
@@ -54,6 +54,7 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
             request_model=request_model,
             response_model=response_model,
             predict=PredictHook.of(cls),
+            api=getattr(cls, API_ATTR, None),
         )
         setattr(cls, SPEC_ATTR, spec)
         cls.request_model = request_model

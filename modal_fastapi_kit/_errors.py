@@ -5,6 +5,7 @@ KitError
 ├── MissingExtraError      an optional dependency is not installed
 └── ServingError           a request could not be answered; carries an HTTP status
     ├── InputError         the model cannot handle this input (4xx, its message is shown)
+    ├── Unauthorized       no valid API key (401)
     ├── NotReadyError      the model has not finished loading (503)
     │   └── ModelStalled   a model call ran past stall_timeout; the model is stuck (503)
     ├── QueueFullError     the batch queue is at its bound (503)
@@ -28,6 +29,7 @@ __all__ = [
     "PredictError",
     "QueueFullError",
     "ServingError",
+    "Unauthorized",
     "UpstreamError",
     "as_predict_error",
 ]
@@ -80,6 +82,12 @@ class InputError(ServingError):
             )
         super().__init__(message)
         self.status_code = status_code
+
+
+class Unauthorized(ServingError):
+    """The request carries no valid API key; answered with ``WWW-Authenticate: Bearer``."""
+
+    status_code = 401
 
 
 class NotReadyError(ServingError):

@@ -8,17 +8,51 @@ again.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from .._config import ServiceConfig
 from .._errors import ConfigError
 
-__all__ = ["SPEC_ATTR", "PredictHook", "ServiceSpec", "service_spec"]
+__all__ = [
+    "API_ATTR",
+    "SPEC_ATTR",
+    "Api",
+    "PredictHook",
+    "RouteNames",
+    "ServiceSpec",
+    "service_spec",
+]
 
 SPEC_ATTR = "__mfk_spec__"
+API_ATTR = "__mfk_api__"  # a base class (the OpenAI-compatible ones) sets its Api here
+
+
+@dataclass(frozen=True, slots=True)
+class RouteNames:
+    """The names of the routes an Api added: ``exclusive`` ones may be answered by this
+    service alone (two services on one path fail at startup); ``shared`` ones (by kind, e.g.
+    ``"models"``) answer for every service mounted at their path."""
+
+    exclusive: tuple[str, ...] = ()
+    shared: dict[str, str] = field(default_factory=dict)
+
+
+class Api(Protocol):
+    """How a service's requests reach it over HTTP: the kit's own predict route, or an
+    OpenAI-compatible set of routes. Health routes are added by the kit either way."""
+
+    def route_paths(self, spec: ServiceSpec) -> list[str]:
+        """``"POST /v1/embeddings"``-style lines, for ``mfk check`` and messages."""
+        ...
+
+    def add_routes(
+        self, router: Any, spec: ServiceSpec, backend: Any, dependencies: list[Any]
+    ) -> RouteNames:
+        """Add the routes to ``router``; ``dependencies`` guard the ones that need a key."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +91,7 @@ class ServiceSpec:
     request_model: type[BaseModel]
     response_model: type[BaseModel]
     predict: PredictHook
+    api: Api | None = None  # None: the kit's predict route
 
     @property
     def name(self) -> str:

@@ -65,6 +65,8 @@ def error_response(exc: ServingError, request_id: str | None) -> JSONResponse:
         headers[REQUEST_ID_HEADER] = request_id
     if exc.retry_after is not None:
         headers["retry-after"] = str(exc.retry_after)
+    if exc.status_code == 401:
+        headers["www-authenticate"] = "Bearer"
     body = ErrorBody(detail=exc.detail, request_id=request_id)
     return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=headers)
 

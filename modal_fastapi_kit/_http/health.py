@@ -20,9 +20,10 @@ from starlette.applications import Starlette
 from starlette.routing import NoMatchFound
 
 from .._core.hooks import LoadState
+from .._core.spec import RouteNames
 from .._errors import ConfigError
 
-__all__ = ["HealthBody", "Probed", "liveness", "readiness", "register_service"]
+__all__ = ["HealthBody", "Probed", "liveness", "readiness", "register_service", "services_at"]
 
 _REGISTRY = "mfk_services"  # app.state: {(full path, kind): [services answering there]}
 _LOCATED = "mfk_service_paths"  # app.state: {(id(service), kind): full path}
@@ -60,7 +61,7 @@ class HealthBody(BaseModel):
 
 async def readiness(request: Request, own: Probed) -> Response:
     """200 when every service at this path is loaded and healthy, else 503 with why."""
-    services = _services(request, own, "readyz")
+    services = services_at(request, own, "readyz")
     states: dict[str, ServiceHealth] = {}
     for service in services:
         states[service.service_name] = await _readiness_of(service)
@@ -69,7 +70,7 @@ async def readiness(request: Request, own: Probed) -> Response:
 
 async def liveness(request: Request, own: Probed) -> Response:
     """200 while every service at this path can make progress; 503 when a model is stuck."""
-    services = _services(request, own, "healthz")
+    services = services_at(request, own, "healthz")
     states = {
         s.service_name: ServiceHealth(status="stalled", detail=reason)
         if (reason := s.stuck()) is not None
@@ -105,40 +106,51 @@ def _answer(states: dict[str, ServiceHealth], *, ok: str) -> Response:
     )
 
 
-def _services(request: Request, own: Probed, kind: str) -> Sequence[Probed]:
+def services_at(request: Request, own: Probed, kind: str) -> Sequence[Probed]:
+    """Every service registered for the shared route ``kind`` at the path of ``own``'s."""
     located: dict[tuple[int, str], str] = getattr(request.app.state, _LOCATED, {})
     registry: dict[tuple[str, str], list[Probed]] = getattr(request.app.state, _REGISTRY, {})
     path = located.get((id(own), kind))
     return registry.get((path, kind), [own]) if path is not None else [own]
 
 
-def register_service(app: Any, service: Probed, names: dict[str, str]) -> None:
-    """Record where ``service``'s routes are in ``app``; refuse a predict route another
-    service answers too.
+def register_service(app: Any, service: Probed, names: RouteNames) -> None:
+    """Record where ``service``'s routes are in ``app``; refuse an exclusive route that
+    another service answers too.
 
-    ``names`` maps ``"healthz"``, ``"readyz"`` and ``"predict"`` to the route names; their
-    full paths (with every prefix) come from ``app.url_path_for``. Called from the router's
-    lifespan, which FastAPI hands the app it was included in.
+    The full paths (with every prefix) come from ``app.url_path_for(name)``. Called from the
+    router's lifespan, which FastAPI hands the app the router was included in.
     """
     if not isinstance(app, Starlette):
         return
     registry: dict[tuple[str, str], list[Probed]] = _state(app, _REGISTRY)
     located: dict[tuple[int, str], str] = _state(app, _LOCATED)
-    for kind, name in names.items():
-        try:
-            path = str(app.url_path_for(name))
-        except NoMatchFound:  # mounted some other way: it answers for itself
+    for name in names.exclusive:
+        path = _path(app, name)
+        owners: list[Probed] = registry.setdefault((path or name, "exclusive"), [])
+        if path is not None and owners and service not in owners:
+            raise ConfigError(
+                f"{service.service_name} and {owners[0].service_name} both answer {path}: give "
+                "each service its own route (route= in @gpu_service), or include them under "
+                "different prefixes"
+            )
+        if service not in owners:
+            owners.append(service)
+    for kind, name in names.shared.items():
+        path = _path(app, name)
+        if path is None:  # mounted some other way: it answers for itself
             continue
         sharing = registry.setdefault((path, kind), [])
-        if kind == "predict" and sharing and service not in sharing:
-            raise ConfigError(
-                f"{service.service_name} and {sharing[0].service_name} both answer POST "
-                f"{path}: give each service its own route= in @gpu_service, or include them "
-                "under different prefixes"
-            )
         if service not in sharing:
             sharing.append(service)
         located[(id(service), kind)] = path
+
+
+def _path(app: Starlette, name: str) -> str | None:
+    try:
+        return str(app.url_path_for(name))
+    except NoMatchFound:
+        return None
 
 
 def _state(app: Starlette, name: str) -> dict[Any, Any]:

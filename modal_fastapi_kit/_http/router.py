@@ -29,20 +29,31 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
-from starlette.types import Receive
 
 from .._backends.base import Backend
-from .._core.spec import ServiceSpec
-from .._errors import DeadlineExceeded, ServingError
-from .errors import REQUEST_ID_HEADER, ErrorBody, error_response, failure_response, request_id
+from .._core.spec import RouteNames, ServiceSpec
+from .._core.streams import ItemStream
+from .._errors import DeadlineExceeded
+from .auth import ApiKeys, key_dependency
+from .errors import REQUEST_ID_HEADER, ErrorBody, failure_response, request_id
 from .health import HealthBody, liveness, readiness, register_service
+from .route import KitRoute
 from .streaming import SSE_TYPE, StreamResponse, chunk_responses, wants_ndjson
+from .waiting import ClientGone, outcomes, wait_for_disconnect
 
-__all__ = ["ServiceRouter", "build_router"]
+__all__ = [
+    "PREDICT_API",
+    "PredictApi",
+    "ServiceRouter",
+    "build_router",
+    "first_chunk",
+    "late_error",
+]
 
 _JSON = "application/json"
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No valid API key (when auth='api-key')"},
     413: {"model": ErrorBody, "description": "Body over the size limit"},
     422: {"description": "Validation failed, or the model cannot handle the input"},
     500: {"model": ErrorBody, "description": "predict raised; quote the request id"},
@@ -66,9 +77,16 @@ class _EventStream(Response):
 
 
 def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
-    """The router for a decorated ModelServer subclass, served by ``backend``."""
+    """The router for a decorated ModelServer subclass, served by ``backend``: its API's
+    routes (the kit's predict route unless the class brings another ``Api``), ``/healthz``,
+    ``/readyz``, and a lifespan that starts and stops the backend.
+
+    With ``auth="api-key"`` the keys are read from the environment here, so a service that
+    would start open fails now instead (``ConfigError``).
+    """
     config = spec.config
     tags: list[str | Any] = [spec.name]
+    guard = [key_dependency(ApiKeys.from_environment(config))] if config.auth == "api-key" else []
 
     async def healthz(request: Request) -> Response:
         """Liveness: 200 while the process can make progress; 503 when the model is stuck."""
@@ -78,41 +96,27 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
         """Readiness: 200 once the model has loaded and its health() agrees, else 503."""
         return await readiness(request, backend)
 
-    predict = _stream_endpoint(spec, backend) if spec.streaming else _endpoint(spec, backend)
-    names = {kind: f"{config.name}.{kind}" for kind in ("predict", "healthz", "readyz")}
+    routes: list[RouteNames] = []
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        register_service(app, backend, names)
+        for names in routes:
+            register_service(app, backend, names)
         await backend.start()
         try:
             yield
         finally:
             await backend.stop()
 
-    router = ServiceRouter(backend, lifespan=lifespan)
-    # A stream documents its 200 as SSE and NDJSON of the chunk model; FastAPI never writes
-    # the answer itself (the endpoints return a Response), so response_class only says so.
-    streamed: dict[str, Any] = {
-        "response_class": _EventStream,
-        "responses": {**_ERROR_RESPONSES, **chunk_responses(spec.response_model)},
-    }
-    router.add_api_route(
-        config.route,
-        predict,
-        methods=["POST"],
-        name=names["predict"],
-        summary=f"{spec.name}: predict" + (" (streamed)" if spec.streaming else ""),
-        tags=tags,
-        response_model=spec.response_model,
-        max_body_size=config.max_body_bytes,
-        **(streamed if spec.streaming else {"responses": _ERROR_RESPONSES}),
-    )
+    router = ServiceRouter(backend, lifespan=lifespan, route_class=KitRoute)
+    routes.append((spec.api or PREDICT_API).add_routes(router, spec, backend, guard))
+    health = {kind: f"{config.name}.{kind}" for kind in ("healthz", "readyz")}
+    routes.append(RouteNames(shared=health))
     router.add_api_route(
         "/healthz",
         healthz,
         methods=["GET"],
-        name=names["healthz"],
+        name=health["healthz"],
         summary=f"{spec.name}: liveness",
         tags=tags,
         response_model=HealthBody,
@@ -122,10 +126,11 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
         "/readyz",
         readyz,
         methods=["GET"],
-        name=names["readyz"],
+        name=health["readyz"],
         summary=f"{spec.name}: readiness",
         tags=tags,
         response_model=HealthBody,
+        dependencies=guard if config.auth_readyz else [],
         responses={
             503: {"model": HealthBody, "description": "Loading, failed, stalled or unhealthy"}
         },
@@ -133,16 +138,55 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
     return router
 
 
+class PredictApi:
+    """The kit's own API: ``POST <route>`` taking the request model, answering the response
+    model (JSON), or its chunks (SSE / NDJSON) for a generator predict."""
+
+    def route_paths(self, spec: ServiceSpec) -> list[str]:
+        return [f"POST {spec.config.route}"]
+
+    def add_routes(
+        self, router: Any, spec: ServiceSpec, backend: Any, dependencies: list[Any]
+    ) -> RouteNames:
+        config = spec.config
+        name = f"{config.name}.predict"
+        predict = _stream_endpoint(spec, backend) if spec.streaming else _endpoint(spec, backend)
+        # A stream documents its 200 as SSE and NDJSON of the chunk model; FastAPI never writes
+        # the answer itself (the endpoints return a Response), so response_class only says so.
+        streamed: dict[str, Any] = {
+            "response_class": _EventStream,
+            "responses": {**_ERROR_RESPONSES, **chunk_responses(spec.response_model)},
+        }
+        router.add_api_route(
+            config.route,
+            predict,
+            methods=["POST"],
+            name=name,
+            summary=f"{spec.name}: predict" + (" (streamed)" if spec.streaming else ""),
+            tags=[spec.name],
+            response_model=spec.response_model,
+            max_body_size=config.max_body_bytes,
+            dependencies=dependencies,
+            **(streamed if spec.streaming else {"responses": _ERROR_RESPONSES}),
+        )
+        return RouteNames(exclusive=(name,))
+
+
+PREDICT_API = PredictApi()
+
+
 def _endpoint(spec: ServiceSpec, backend: Backend) -> Any:
-    late = _late("a result", "request_timeout", spec.config.request_timeout)
+    late = late_error("a result", "request_timeout", spec.config.request_timeout)
 
     async def predict(request: Request, item: Any) -> Response:
         rid = request_id(request)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + spec.config.request_timeout
-        answer, result = await _answer(backend, request, item, rid, deadline, late)
-        if answer is not None:
-            return answer
+        deadline = asyncio.get_running_loop().time() + spec.config.request_timeout
+        try:
+            (result,) = await outcomes(backend, request, [item], deadline, late)
+        except ClientGone:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        except Exception as exc:
+            return failure_response(exc, rid)
         body: bytes = result.__pydantic_serializer__.to_json(result)
         return Response(body, media_type=_JSON, headers={REQUEST_ID_HEADER: rid})
 
@@ -152,31 +196,17 @@ def _endpoint(spec: ServiceSpec, backend: Backend) -> Any:
 
 def _stream_endpoint(spec: ServiceSpec, backend: Backend) -> Any:
     config = spec.config
-    late = _late("a first chunk", "first_chunk_timeout", config.first_chunk_seconds)
+    late = late_error("a first chunk", "first_chunk_timeout", config.first_chunk_seconds)
 
     async def predict(request: Request, item: Any) -> Response:
         rid = request_id(request)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + config.first_chunk_seconds
-        answer, stream = await _answer(backend, request, item, rid, deadline, late)
-        if answer is not None:
-            return answer
-        watcher = loop.create_task(_wait_for_disconnect(request.receive))
-        watcher.add_done_callback(lambda w: w.cancelled() or stream.close())
+        deadline = asyncio.get_running_loop().time() + config.first_chunk_seconds
         try:
-            first = await stream.next(max(0.0, deadline - loop.time()))
-        except StopAsyncIteration:
-            first = None
-        except DeadlineExceeded:
-            stream.close()
-            return error_response(late, rid)
+            stream, first = await first_chunk(backend, request, item, deadline, late)
+        except ClientGone:
+            return Response(status_code=499)
         except Exception as exc:
-            stream.close()
             return failure_response(exc, rid)
-        finally:
-            watcher.cancel()
-        if stream.closed:
-            return Response(status_code=499)  # the client is gone; nobody reads this
         return StreamResponse(
             stream,
             first,
@@ -189,91 +219,35 @@ def _stream_endpoint(spec: ServiceSpec, backend: Backend) -> Any:
     return predict
 
 
-async def _answer(
-    backend: Backend,
-    request: Request,
-    item: Any,
-    rid: str,
-    deadline: float,
-    late: DeadlineExceeded,
-) -> tuple[Response | None, Any]:
-    """Submit ``item`` and wait for its outcome until ``deadline``, watching the client.
-
-    ``(None, result)`` on success; otherwise ``(response, None)`` with the error answer: the
-    backend refused it, the client left (499, never read), the deadline passed (``late``), or
-    the request failed.
-    """
+async def first_chunk(
+    backend: Backend, request: Request, item: Any, deadline: float, late: DeadlineExceeded
+) -> tuple[ItemStream, Any]:
+    """Submit a streaming request and wait for its stream's first chunk (None for a stream
+    that ended at once). Raises as ``outcomes`` does; the stream is closed on failure."""
+    (stream,) = await outcomes(backend, request, [item], deadline, late)
     loop = asyncio.get_running_loop()
+    watcher = loop.create_task(wait_for_disconnect(request.receive))
+    watcher.add_done_callback(lambda w: w.cancelled() or stream.close())
     try:
-        future = backend.submit(item, deadline=deadline)
-    except ServingError as exc:
-        return error_response(exc, rid), None
-    waited = await _wait(loop, request.receive, future, deadline)
-    if waited == "gone":
-        return Response(status_code=499), None  # the client is gone; nobody reads this
-    if waited == "late":
-        return error_response(late, rid), None
-    error = future.exception()
-    if error is not None:
-        return failure_response(error, rid), None
-    return None, future.result()
-
-
-def _late(what: str, option: str, seconds: float) -> DeadlineExceeded:
-    return DeadlineExceeded(f"no {what.removeprefix('a ')} within {option}={seconds:g}s")
-
-
-async def _wait(
-    loop: asyncio.AbstractEventLoop, receive: Receive, future: asyncio.Future[Any], deadline: float
-) -> str | None:
-    """Wait for ``future`` until ``deadline``, watching for the client to leave.
-
-    None when the future is done; else the future is cancelled (which withdraws a queued
-    item) and the answer says why: ``"gone"`` (the client left) or ``"late"`` (deadline).
-    """
-    watcher = loop.create_task(_wait_for_disconnect(receive))
-    try:
-        await _first_done(loop, future, watcher, deadline)
+        first = await stream.next(max(0.0, deadline - loop.time()))
+    except StopAsyncIteration:
+        first = None
+    except DeadlineExceeded:
+        stream.close()
+        raise late from None
+    except BaseException:
+        stream.close()
+        raise
     finally:
         watcher.cancel()
-    if future.done():
-        return None
-    future.cancel()
-    return "gone" if watcher.done() and not watcher.cancelled() else "late"
+    if stream.closed:
+        raise ClientGone
+    return stream, first
 
 
-async def _first_done(
-    loop: asyncio.AbstractEventLoop,
-    first: asyncio.Future[Any],
-    second: asyncio.Future[Any],
-    deadline: float,
-) -> None:
-    """Return when either future is done or the loop's clock reaches ``deadline``.
-
-    ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` with a timeout, minus the sets and
-    the bookkeeping it needs for any number of futures: this runs once per request.
-    """
-    waiter = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    first.add_done_callback(wake)
-    second.add_done_callback(wake)
-    timer = loop.call_at(deadline, wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        first.remove_done_callback(wake)
-        second.remove_done_callback(wake)
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    # The body has been read; the next message the server sends is the disconnect.
-    while (await receive())["type"] != "http.disconnect":
-        pass
+def late_error(what: str, option: str, seconds: float) -> DeadlineExceeded:
+    """The error for a request whose deadline ``option`` passed before ``what`` came."""
+    return DeadlineExceeded(f"no {what.removeprefix('a ')} within {option}={seconds:g}s")
 
 
 def _annotate(endpoint: Any, request_model: type[BaseModel]) -> None:

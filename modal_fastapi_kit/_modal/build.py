@@ -246,7 +246,8 @@ def _gpu_class_options(config: ServiceConfig, image: modal.Image) -> dict[str, A
         "max_containers": config.max_containers,
         "buffer_containers": config.buffer_containers,
         "scaledown_window": config.scaledown_window,
-        "secrets": _secrets(config),
+        # Colocated, the GPU class serves the router, so it checks the API keys too.
+        "secrets": _secrets(config, checks_keys=config.topology == "colocated"),
         "volumes": _volumes(config),
         "region": _region(config),
         "cloud": config.cloud,
@@ -277,8 +278,12 @@ def _retries(retries: int | RetryPolicy) -> int | modal.Retries | None:
     return retries or None
 
 
-def _secrets(config: ServiceConfig) -> list[modal.Secret]:
-    return [modal.Secret.from_name(name) for name in config.secrets]
+def _secrets(config: ServiceConfig, *, checks_keys: bool) -> list[modal.Secret]:
+    """The Modal Secrets of a function; the API keys' one where the router checks keys."""
+    names = list(config.secrets)
+    if checks_keys and config.api_keys_secret and config.api_keys_secret not in names:
+        names.append(config.api_keys_secret)
+    return [modal.Secret.from_name(name) for name in names]
 
 
 def _volumes(config: ServiceConfig) -> dict[str | Any, Any]:
@@ -406,7 +411,7 @@ def _register_web_function(
     )(_named(web, server_cls, name, method=False))
     function: modal.Function[..., Any, Any] = app.function(
         image=image,
-        secrets=_secrets(config),
+        secrets=_secrets(config, checks_keys=True),
         scaledown_window=config.scaledown_window,
         region=_region(config),
         cloud=config.cloud,
