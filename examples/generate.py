@@ -17,17 +17,12 @@ deterministic and matches ``model.generate(do_sample=False)``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from modal_fastapi_kit import END, InputError, ModelServer, gpu_service
-
-# Where the model is built at first load and found afterwards.
-DEFAULT_MODEL_DIR = Path.home() / ".cache" / "modal-fastapi-kit" / "tiny-lm"
 
 
 class GenerateIn(BaseModel):
@@ -60,7 +55,7 @@ class Generator(ModelServer[GenerateIn, Piece]):
 
         self.torch = torch
         self.tiny_lm = tiny_lm
-        self.model, self.tokenizer = tiny_lm.load(os.environ.get("TINY_LM_DIR", DEFAULT_MODEL_DIR))
+        self.model, self.tokenizer = tiny_lm.load(tiny_lm.model_dir())
         self.tokenizer.padding_side = "left"  # prompts end where generation starts
         self.cache_arg = tiny_lm.cache_argument(self.model)
         self.eos = int(self.model.generation_config.eos_token_id)

@@ -112,6 +112,8 @@ CHATS = (
 SYSTEM_PROMPT = "You are a helpful assistant who tells short stories."
 
 _MARKER = "tiny_lm_build.json"
+# Where the examples build the model at first load and find it afterwards ($TINY_LM_DIR).
+DEFAULT_DIR = Path.home() / ".cache" / "modal-fastapi-kit" / "tiny-lm"
 _MODEL_FILES = (
     "config.json",
     "generation_config.json",
@@ -282,6 +284,11 @@ def build(directory: str | os.PathLike[str]) -> Path:
     return target
 
 
+def model_dir() -> Path:
+    """``$TINY_LM_DIR``, else ``DEFAULT_DIR``."""
+    return Path(os.environ.get("TINY_LM_DIR") or DEFAULT_DIR)
+
+
 def load(directory: str | os.PathLike[str]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Build if needed, then load the model (eval mode, CPU) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -350,26 +357,61 @@ def cache_argument(model: PreTrainedModel) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def greedy_ids(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int
+def sample_ids(
+    model: PreTrainedModel,
+    input_ids: Any,
+    max_new_tokens: int,
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
 ) -> Iterator[int]:
-    """Greedy decoding one step at a time with a KV cache; stops before eos."""
+    """Token ids after ``input_ids`` (shape ``[1, n]``), one step at a time with a KV cache;
+    greedy unless ``temperature`` > 0 (then sampled, nucleus ``top_p``, seeded by ``seed``).
+    Stops before eos."""
     import torch
 
-    input_ids = _prompt_ids(model, tokenizer, prompt, max_new_tokens)
     cache_arg = cache_argument(model)
     eos = model.generation_config.eos_token_id
     stop = set(eos if isinstance(eos, list) else [eos])
+    sampled = temperature is not None and temperature > 0
+    generator = torch.Generator(device=input_ids.device)
+    if seed is not None:
+        generator.manual_seed(seed)
     past: Any = None
     for _ in range(max_new_tokens):
         with torch.inference_mode():  # not held across the yield: it is thread state
             out = model(input_ids=input_ids, use_cache=True, **{cache_arg: past})
-        past = out[cache_arg]
-        token = int(out.logits[0, -1].argmax())
+            past = out[cache_arg]
+            logits = out.logits[0, -1]
+            if sampled:
+                token = _sample(logits / float(temperature or 1.0), top_p, generator)
+            else:
+                token = int(logits.argmax())
         if token in stop:
             return
         yield token
         input_ids = torch.tensor([[token]], device=input_ids.device)
+
+
+def _sample(logits: Any, top_p: float | None, generator: Any) -> int:
+    import torch
+
+    probs = torch.softmax(logits.float(), dim=-1)
+    if top_p is not None and top_p < 1.0:
+        ordered, order = torch.sort(probs, descending=True)
+        outside = ordered.cumsum(-1) - ordered > top_p  # keep the smallest set over top_p
+        ordered[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, ordered)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+def greedy_ids(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int
+) -> Iterator[int]:
+    """Greedy decoding of ``prompt``, one step at a time with a KV cache; stops before eos."""
+    input_ids = _prompt_ids(model, tokenizer, prompt, max_new_tokens)
+    return sample_ids(model, input_ids, max_new_tokens)
 
 
 def stream_greedy(

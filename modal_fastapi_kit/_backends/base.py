@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, Protocol
 
 from .._core.hooks import LoadState
+from .._core.spec import ServiceSpec
 
 __all__ = ["Backend", "LoadState"]
 
@@ -16,6 +17,11 @@ class Backend(Protocol):
     @property
     def service_name(self) -> str:
         """The served class's name, as readiness bodies show it."""
+        ...
+
+    @property
+    def spec(self) -> ServiceSpec:
+        """What the served class declared."""
         ...
 
     @property

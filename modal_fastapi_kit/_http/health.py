@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.routing import NoMatchFound
 
 from .._core.hooks import LoadState
-from .._core.spec import RouteNames
+from .._core.spec import RouteNames, ServiceSpec
 from .._errors import ConfigError
 
 __all__ = ["HealthBody", "Probed", "liveness", "readiness", "register_service", "services_at"]
@@ -34,6 +34,9 @@ class Probed(Protocol):
 
     @property
     def service_name(self) -> str: ...
+
+    @property
+    def spec(self) -> ServiceSpec: ...
 
     @property
     def state(self) -> LoadState: ...

@@ -24,7 +24,14 @@ from starlette.types import Receive, Scope, Send
 from .._core.streams import ItemStream
 from .errors import REQUEST_ID_HEADER, ErrorBody, public_error
 
-__all__ = ["NDJSON_TYPES", "SSE_TYPE", "StreamResponse", "wants_ndjson"]
+__all__ = [
+    "NDJSON_TYPES",
+    "SSE_TYPE",
+    "StreamResponse",
+    "chunk_responses",
+    "close_on_disconnect",
+    "wants_ndjson",
+]
 
 SSE_TYPE = "text/event-stream"
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl")
@@ -83,7 +90,7 @@ class StreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self.stream
-        watcher = asyncio.get_running_loop().create_task(_close_on_disconnect(receive, stream))
+        watcher = asyncio.get_running_loop().create_task(close_on_disconnect(receive, stream))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             if self.first is not None:
@@ -110,7 +117,8 @@ async def _body(send: Send, data: bytes) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
-async def _close_on_disconnect(receive: Receive, stream: ItemStream) -> None:
+async def close_on_disconnect(receive: Receive, stream: ItemStream) -> None:
+    """Close ``stream`` when the client disconnects (its reader stops, its generator too)."""
     with contextlib.suppress(Exception):
         while (await receive())["type"] != "http.disconnect":
             pass

@@ -1,0 +1,102 @@
+"""``GET /v1/models`` (and ``/v1/models/{id}``): the model ids served at this path.
+
+Several OpenAI-compatible services mounted under one prefix share these routes: each lists
+every service registered at the path (see ``_http.health``), so a client sees all of them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from fastapi import Request
+from pydantic import BaseModel
+
+from .._core.spec import ServiceSpec
+from .._http.health import services_at
+from ._errors import OpenAIError, RequestError
+
+__all__ = ["ModelCard", "ModelList", "add_model_routes", "check_model", "model_id"]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def model_id(spec: ServiceSpec) -> str:
+    """The id a client names the model by: the class's ``model_id``, else the service name."""
+    return getattr(spec.server_cls, "model_id", None) or spec.config.name
+
+
+def check_model(spec: ServiceSpec, requested: str) -> None:
+    """Refuse a request for a model this service does not serve (404, as OpenAI answers)."""
+    served = model_id(spec)
+    if requested != served:
+        raise RequestError(
+            f"the model {requested!r} is not served here; this endpoint serves {served!r} "
+            "(GET /v1/models lists it)",
+            param="model",
+            code="model_not_found",
+            status=404,
+        )
+
+
+def add_model_routes(
+    router: Any, spec: ServiceSpec, backend: Any, dependencies: list[Any]
+) -> dict[str, str]:
+    """Add the two routes; returns the list route's name as a shared route (``"models"``),
+    whose registry both routes answer from (they sit under the same prefix)."""
+    created = int(time.time())
+    names = {"models": f"{spec.config.name}.models"}
+
+    def cards(request: Request) -> list[ModelCard]:
+        return [
+            ModelCard(id=model_id(s.spec), created=created, owned_by=s.spec.config.name)
+            for s in services_at(request, backend, "models")
+        ]
+
+    async def list_models(request: Request) -> ModelList:
+        return ModelList(data=cards(request))
+
+    async def retrieve_model(request: Request, model: str) -> ModelCard:
+        for card in cards(request):
+            if card.id == model:
+                return card
+        raise RequestError(
+            f"the model {model!r} is not served here",
+            param="model",
+            code="model_not_found",
+            status=404,
+        )
+
+    errors: dict[int | str, dict[str, Any]] = {404: {"model": OpenAIError}}
+    router.add_api_route(
+        "/v1/models",
+        list_models,
+        methods=["GET"],
+        name=names["models"],
+        summary="List the models served here",
+        tags=[spec.name],
+        dependencies=dependencies,
+        response_model=ModelList,
+    )
+    router.add_api_route(
+        "/v1/models/{model:path}",
+        retrieve_model,
+        methods=["GET"],
+        name=f"{spec.config.name}.model",
+        summary="One model served here",
+        tags=[spec.name],
+        dependencies=dependencies,
+        response_model=ModelCard,
+        responses=errors,
+    )
+    return names
