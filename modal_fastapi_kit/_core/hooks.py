@@ -185,6 +185,15 @@ class ModelRuntime:
 
     async def run_batch(self, items: list[Any]) -> list[Outcome]:
         """One outcome per item, in order: the response model, or that item's error."""
+        if logger.isEnabledFor(logging.DEBUG):
+            began = time.perf_counter()
+            outcomes = await self._run_batch(items)
+            took = 1000 * (time.perf_counter() - began)
+            logger.debug("%s: a batch of %d in %.1f ms", self.spec.name, len(items), took)
+            return outcomes
+        return await self._run_batch(items)
+
+    async def _run_batch(self, items: list[Any]) -> list[Outcome]:
         try:
             return await self._outcomes(items)
         except _CountMismatch as exc:

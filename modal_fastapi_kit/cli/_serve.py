@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import os
 import sys
@@ -53,6 +54,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
+    _log_to_stderr(args.log_level)
     spec = service_spec(load_service(args.target))
     router = service_router(spec)
     server = uvicorn.Server(
@@ -108,6 +110,18 @@ async def _report_progress(server: uvicorn.Server, backend: Backend, name: str) 
     _say(f"error: {backend.error or 'the model did not load'}; stopping")
     server.should_exit = True
     return False
+
+
+def _log_to_stderr(level: str) -> None:
+    """The kit's own log lines (a stalled model, a failed item, with --log-level debug each
+    batch's size), on stderr like uvicorn's. This process is ours to configure."""
+    kit = logging.getLogger("modal_fastapi_kit")
+    if not kit.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
+        kit.addHandler(handler)
+    kit.setLevel(level.upper())
+    kit.propagate = False
 
 
 def _url(server: uvicorn.Server) -> str:

@@ -180,8 +180,9 @@ async def _predict_async(self: Any, item: ChatRequest) -> AsyncIterator[Piece]:
 
 
 class Completion:
-    """The answer as the client gets it: stop sequences cut out (a piece is held back while
-    it may be the start of one), at most ``max_tokens`` pieces, and why it finished."""
+    """The answer as the client gets it: stop sequences cut out (the end of the text is held
+    back while a stop sequence may start there), at most ``max_tokens`` pieces, and why it
+    finished."""
 
     def __init__(self, *, stop: list[str], max_tokens: int) -> None:
         self.stop = [s for s in stop if s]
@@ -208,9 +209,16 @@ class Completion:
         if self.tokens >= self.max_tokens:
             self.finish = "length"
             return self._emit(buffered)
-        keep = min(self.hold, len(buffered))
+        keep = self._may_start_a_stop(buffered)
         self.held = buffered[len(buffered) - keep :] if keep else ""
         return self._emit(buffered[: len(buffered) - keep])
+
+    def _may_start_a_stop(self, text: str) -> int:
+        """The length of the longest end of ``text`` that a stop sequence starts with."""
+        for size in range(min(len(text), self.hold), 0, -1):
+            if any(stop.startswith(text[-size:]) for stop in self.stop):
+                return size
+        return 0
 
     def end(self) -> str:
         """The generator ended: what was held back goes out, and it finished by itself."""
