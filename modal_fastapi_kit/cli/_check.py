@@ -18,6 +18,7 @@ from .._server import ModelServer
 from ._loading import UsageError, load_service
 
 if TYPE_CHECKING:
+    from .._core.spec import Api
     from .._modal import ModalDeployment
 
 __all__ = ["add_parser", "describe", "run", "warnings"]
@@ -118,7 +119,7 @@ def describe(built: ModalDeployment) -> list[tuple[str, list[Row]]]:
         ("label*", built.label),
         ("custom domains*", ", ".join(config.custom_domains) or "-"),
         ("URL", f"{built.url_shape}  (`modal serve` adds -dev to the label)"),
-        ("routes", f"POST {config.route}, GET /healthz, GET /readyz, GET /docs"),
+        ("routes", ", ".join([*_api(built).route_paths(built.spec), *_KIT_ROUTES])),
     ]
     return [
         (f"app {built.app.name}", [("image*", "debian slim"), *image]),
@@ -151,7 +152,9 @@ def warnings(built: ModalDeployment) -> list[str]:
             "Modal stops a GPU input at timeout, before the router's deadline; raise timeout "
             "or lower request_timeout"
         )
-    if not config.batched and config.max_concurrent_inputs > 1 and not _async_predict(cls):
+    # (A generator predict is stepped in turns with the others, so it is not flagged.)
+    one_at_a_time = not (_async_predict(cls) or built.spec.streaming)
+    if not config.batched and config.max_concurrent_inputs > 1 and one_at_a_time:
         found.append(
             f"predict is sync and max_batch_size=1: a container takes "
             f"{config.max_concurrent_inputs} inputs at once but runs them one at a time; set "
@@ -181,6 +184,15 @@ def warnings(built: ModalDeployment) -> list[str]:
                 "send Modal-Key and Modal-Secret headers"
             )
     return found
+
+
+_KIT_ROUTES = ("GET /healthz", "GET /readyz", "GET /docs")
+
+
+def _api(built: ModalDeployment) -> Api:
+    from .._http.router import PREDICT_API
+
+    return built.spec.api or PREDICT_API
 
 
 def _async_predict(cls: type) -> bool:
