@@ -64,8 +64,20 @@ def served(model_dir: Path) -> Iterator[str]:
         yield base
 
 
+OPEN: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
 def client(base: str, **options: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", **options)  # type: ignore[arg-type]
+    options = {"api_key": "unused", **options}
+    OPEN.append(openai.OpenAI(base_url=f"{base}/v1", **options))  # type: ignore[arg-type]
+    return OPEN[-1]
 
 
 def test_a_completion_with_the_sdks_defaults_is_the_greedy_answer(served, greedy):
@@ -265,12 +277,11 @@ def test_keys_as_the_sdk_sends_them_and_a_prefixed_mount(monkeypatch):
     app.include_router(KeyedEcho.router(), prefix="/llm")
     with ThreadedServer(app) as server:
         wait_ready(server.url, "/llm/readyz")
-        base = f"{server.url}/llm/v1"
-        good = openai.OpenAI(base_url=base, api_key="chat-key-0123456789abcdef")
+        good = client(server.url + "/llm", api_key="chat-key-0123456789abcdef")
         answer = good.chat.completions.create(model="echo", messages=say("hello there"))
         assert answer.choices[0].message.content == "hello there "
         assert [m.id for m in good.models.list()] == ["echo"]
-        bad = openai.OpenAI(base_url=base, api_key="wrong", max_retries=0)
+        bad = client(server.url + "/llm", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as raised:
             bad.chat.completions.create(model="echo", messages=say("hi"))
         assert raised.value.body["code"] == "invalid_api_key"

@@ -47,6 +47,16 @@ def served() -> Iterator[tuple[str, list[str]]]:
         yield base, server.lines
 
 
+OPEN: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
 def close(got: list[float], want: list[float]) -> bool:
     return (
         len(got) == len(want) == 384
@@ -57,6 +67,7 @@ def close(got: list[float], want: list[float]) -> bool:
 def test_one_string_and_a_list_with_the_sdks_defaults(served, reference):
     base, _ = served
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused")
+    OPEN.append(client)
     one = client.embeddings.create(model=MODEL, input=TEXTS[0])  # the SDK asks for base64
     assert one.object == "list" and one.model == MODEL
     assert [d.index for d in one.data] == [0]
@@ -90,6 +101,7 @@ def test_float_encoding_and_the_async_client(served, reference):
 def test_models_list_names_the_served_model(served):
     base, _ = served
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="x")
+    OPEN.append(client)
     assert [m.id for m in client.models.list()] == [MODEL]
     assert client.models.retrieve(MODEL).id == MODEL
     with pytest.raises(openai.NotFoundError):
@@ -134,6 +146,7 @@ def test_errors_are_the_sdks_own_exceptions_with_the_servers_message(
 ):
     base, _ = served
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+    OPEN.append(client)
     with pytest.raises(error) as raised:
         client.embeddings.create(**kwargs)
     assert raised.value.body["param"] == param
