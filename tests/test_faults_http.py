@@ -209,3 +209,16 @@ def test_clients_that_leave_free_their_queue_place_at_once():
     finally:
         GATE.set()
     assert Gated.computed == [0, 7]  # none of the ten that left was computed
+
+
+def test_a_body_that_fails_validation_is_422_with_the_request_id_even_if_unprintable(strict):
+    for body in (b'{"x": "seven"}', b'{"x": "\\ud800"}', b'{"x": NaN}', b"{"):
+        response = httpx.post(
+            f"{strict.url}/double",
+            content=body,
+            headers={"content-type": "application/json", "x-request-id": "bad-1"},
+        )
+        assert response.status_code == 422, (body, response.text)
+        assert response.headers["x-request-id"] == "bad-1"
+        assert response.json()["request_id"] == "bad-1"
+        assert response.json()["detail"][0]["loc"][0] == "body"
