@@ -1,4 +1,4 @@
-"""The load generator: closed-loop POSTs of one short sentence, at a fixed concurrency.
+"""The load generator: closed-loop POSTs of one JSON body, at a fixed concurrency.
 
 Two implementations, both run as a separate process so that their cost lands outside the
 server under test and is the same for every contender:
@@ -9,6 +9,8 @@ server under test and is the same for every contender:
 
 Each keeps ``concurrency`` keep-alive connections busy for ``duration`` seconds and reports
 requests/s, p50 and p99 latency and errors (non-2xx answers, socket errors, timeouts).
+The body is ``BODY`` (one short sentence for ``POST /embed``) unless ``run_load`` is given
+another; the route is the path of its ``url``.
 """
 
 from __future__ import annotations
@@ -66,21 +68,23 @@ def available_generator() -> Generator:
     return "wrk" if shutil.which("wrk") else "python"
 
 
-def run_load(generator: Generator, url: str, *, concurrency: int, duration: float) -> LoadResult:
-    """Drive ``url`` for ``duration`` seconds with ``concurrency`` connections."""
+def run_load(
+    generator: Generator, url: str, *, concurrency: int, duration: float, body: str = BODY
+) -> LoadResult:
+    """Drive ``url`` for ``duration`` seconds with ``concurrency`` connections POSTing ``body``."""
     if urlsplit(url).hostname not in LOOPBACK:
         raise ValueError(f"the benchmark only drives servers on 127.0.0.1, not {url}")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if generator == "wrk":
-        result = _run_wrk(url, concurrency, duration)
+        result = _run_wrk(url, concurrency, duration, body)
     else:
-        result = _run_python(url, concurrency, duration)
+        result = _run_python(url, concurrency, duration, body)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return LoadResult(**{**asdict(result), "generator_cpu_s": cpu})
 
 
-def _run_wrk(url: str, concurrency: int, duration: float) -> LoadResult:
+def _run_wrk(url: str, concurrency: int, duration: float, body: str) -> LoadResult:
     args = [
         "wrk",
         "--threads=1",
@@ -92,7 +96,7 @@ def _run_wrk(url: str, concurrency: int, duration: float) -> LoadResult:
     ]
     done = subprocess.run(
         args,
-        env={**os.environ, "BENCH_BODY": BODY},
+        env={**os.environ, "BENCH_BODY": body},
         capture_output=True,
         text=True,
         timeout=duration + REQUEST_TIMEOUT_S + 10,
@@ -119,8 +123,10 @@ def parse_wrk(output: str, concurrency: int) -> LoadResult:
     )
 
 
-def _run_python(url: str, concurrency: int, duration: float) -> LoadResult:
+def _run_python(url: str, concurrency: int, duration: float, body: str) -> LoadResult:
     args = [sys.executable, "-m", "benchmarks.load", url, str(concurrency), str(duration)]
+    if body != BODY:
+        args.append(f"--body={body}")
     done = subprocess.run(
         args,
         capture_output=True,
@@ -133,7 +139,7 @@ def _run_python(url: str, concurrency: int, duration: float) -> LoadResult:
     return LoadResult(**fields)
 
 
-# -- the asyncio client (run as ``python -m benchmarks.load URL CONCURRENCY SECONDS``) ---------
+# -- the asyncio client (``python -m benchmarks.load URL CONCURRENCY SECONDS [--body JSON]``) --
 
 
 @dataclass
@@ -170,14 +176,14 @@ async def _connection(host: str, port: int, request: bytes, stop_at: float, tall
         writer.close()
 
 
-async def _drive(url: str, concurrency: int, duration: float) -> LoadResult:
+async def _drive(url: str, concurrency: int, duration: float, body: str = BODY) -> LoadResult:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    body = BODY.encode()
+    payload = body.encode()
     request = (
         f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
     tally = _Tally(latencies=[])
     started = time.perf_counter()
     stop_at = started + duration
@@ -207,10 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("url")
     parser.add_argument("concurrency", type=int)
     parser.add_argument("seconds", type=float)
+    parser.add_argument("--body", default=BODY, help="the JSON body of every request")
     args = parser.parse_args(argv)
     if urlsplit(args.url).hostname not in LOOPBACK:
         parser.error("only 127.0.0.1 is driven")
-    drive = _drive(args.url, args.concurrency, args.seconds)
+    drive = _drive(args.url, args.concurrency, args.seconds, args.body)
     try:
         import uvloop
     except ImportError:
