@@ -155,3 +155,17 @@ def test_websocket_without_the_secret_is_closed_and_with_it_sees_wss() -> None:
         pass
     with client.websocket_connect("/ws", headers=_edge()) as socket:
         assert socket.receive_text() == f"wss://{PUBLIC}/ws"
+
+
+def test_a_current_and_a_next_secret_are_both_accepted_during_a_rotation() -> None:
+    current, following = SECRET, "next-edge-secret-0123456789abcdef-rotated"
+    client = _app(secret=f"{current},{following}", public_hosts=[PUBLIC])
+    for value in (current, following):
+        assert client.get("/whoami", headers={"x-mfk-edge-secret": value}).status_code == 200
+    assert client.get("/whoami", headers={"x-mfk-edge-secret": "x" * 40}).status_code == 403
+    assert (
+        client.get("/whoami", headers={"x-mfk-edge-secret": current + "," + following}).status_code
+        == 403
+    )
+    with pytest.raises(ConfigError, match="an edge secret is 5 characters long"):
+        OriginLock(FastAPI(), secret=f"{current},short")

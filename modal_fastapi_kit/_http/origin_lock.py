@@ -3,8 +3,9 @@
 ``OriginLock`` is a plain ASGI middleware (it never buffers, so streamed responses flow).
 For every HTTP or WebSocket request it:
 
-1. refuses it with 403 unless the edge-secret header matches the configured secret
-   (``hmac.compare_digest``; the answer says nothing about why);
+1. refuses it with 403 unless the edge-secret header matches the configured secret, or one of
+   them: ``"CURRENT,NEXT"`` accepts both while the edge moves to the next one, so a rotation
+   has no 403 window (``hmac.compare_digest``; the answer says nothing about why);
 2. drops that header, so no route can echo the secret back;
 3. trusts ``X-Forwarded-Host`` / ``-Proto`` / ``-For`` only on such a verified request, and
    the host only when its name is in ``public_hosts``; the request's host, scheme and client
@@ -50,7 +51,8 @@ _SECRET_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 class OriginLock:
     """ASGI middleware: refuse requests that skipped the edge; give the app its public URL.
 
-    ``secret=None`` turns the check off and keeps only the ``public_base_url`` rewrite.
+    ``secret=None`` turns the check off and keeps only the ``public_base_url`` rewrite;
+    several comma-separated secrets are all accepted.
     """
 
     def __init__(
@@ -63,13 +65,17 @@ class OriginLock:
         open_paths: Iterable[str] = DEFAULT_OPEN_PATHS,
         header: str = EDGE_SECRET_HEADER,
     ) -> None:
-        if secret is not None and len(secret) < MIN_SECRET_LENGTH:
-            raise ConfigError(
-                f"the edge secret is {len(secret)} characters long; use at least "
-                f"{MIN_SECRET_LENGTH}, e.g. from {_SECRET_HINT}"
-            )
+        secrets = [s.strip() for s in (secret or "").split(",") if s.strip()]
+        if secret is not None and not secrets:
+            raise ConfigError(f"the edge secret is empty; make one with {_SECRET_HINT}")
+        for value in secrets:
+            if len(value) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"an edge secret is {len(value)} characters long; use at least "
+                    f"{MIN_SECRET_LENGTH}, e.g. from {_SECRET_HINT}"
+                )
         self.app = app
-        self._secret = secret.encode() if secret is not None else None
+        self._secrets = [value.encode() for value in secrets] if secret is not None else None
         self._header = header.lower().encode("latin-1")
         self._hosts = frozenset(h.lower() for h in public_hosts)
         self._base: tuple[str, str] | None = None
@@ -85,8 +91,8 @@ class OriginLock:
             return
         headers: list[tuple[bytes, bytes]] = list(scope["headers"])
         given = [v for k, v in headers if k == self._header]
-        verified = self._secret is not None and _matches(given, self._secret)
-        if self._secret is not None and not verified and scope["path"] not in self._open_paths:
+        verified = self._secrets is not None and _matches(given, self._secrets)
+        if self._secrets is not None and not verified and scope["path"] not in self._open_paths:
             await _refuse(scope, send)
             return
         headers = [(k, v) for k, v in headers if k != self._header]
@@ -121,8 +127,9 @@ def apply_origin_lock(
         if not secret:
             raise ConfigError(
                 f"edge_secret_env={config.edge_secret_env!r} but the environment has no "
-                f"{config.edge_secret_env}: set it to the edge's secret (on Modal, put it in a "
-                f"Modal Secret listed in secrets=[...]); make one with {_SECRET_HINT}"
+                f"{config.edge_secret_env}: set it to the edge's secret, or CURRENT,NEXT while "
+                "rotating (on Modal, put it in a Modal Secret listed in secrets=[...]); make "
+                f"one with {_SECRET_HINT}"
             )
     app.add_middleware(
         OriginLock,
@@ -132,9 +139,15 @@ def apply_origin_lock(
     )
 
 
-def _matches(given: list[bytes], secret: bytes) -> bool:
-    # Exactly one header; compare_digest takes time independent of where the bytes differ.
-    return len(given) == 1 and hmac.compare_digest(given[0], secret)
+def _matches(given: list[bytes], secrets: list[bytes]) -> bool:
+    # Exactly one header; compare_digest takes time independent of where the bytes differ,
+    # and every secret is compared (no early exit).
+    if len(given) != 1:
+        return False
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(given[0], secret)
+    return matched
 
 
 def _forwarded(
