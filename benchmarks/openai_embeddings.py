@@ -3,6 +3,7 @@
     python -m benchmarks.openai_embeddings                # full: 2 rounds, 3 s warm-up + 10 s each
     python -m benchmarks.openai_embeddings --quick        # 1 round, 1 s warm-up + 2 s each
     python -m benchmarks.openai_embeddings --inputs 8 --out report.md --json raw.json
+    python -m benchmarks.openai_embeddings --litserve-timeout-ms 0   # LitServe's own default
 
 Both servers run all-MiniLM-L6-v2 on CPU with the same model code (``examples.embeddings.MiniLM``),
 one after the other, never two at once:
@@ -10,9 +11,10 @@ one after the other, never two at once:
 - mfk: ``mfk serve examples/openai_embeddings.py`` (every input is one batcher item; batches
   of up to 64 inputs, ``wait_ms=5``);
 - litserve: ``python -m benchmarks.apps.litserve_openai_embeddings`` (one inference worker,
-  ``max_batch_size=64`` requests, ``batch_timeout`` 5 ms). Its spec refuses (400) a request
-  with several inputs while batching is on, so with ``--inputs`` > 1 it runs with
-  ``max_batch_size=1``: each request is one model call on its own texts.
+  ``max_batch_size=64`` requests, ``batch_timeout`` 5 ms unless ``--litserve-timeout-ms``).
+  Its spec refuses (400) a request with several inputs while batching is on, so with
+  ``--inputs`` > 1 it runs with ``max_batch_size=1``: each request is one model call on its
+  own texts, while the kit batches inputs across and within requests.
 
 Every request is ``{"model": "all-MiniLM-L6-v2", "input": "A man is eating food.",
 "encoding_format": "float"}``, or with ``--inputs K`` the sentence K times in a list. Before
@@ -20,7 +22,8 @@ its load, each server answers a string and a list (float and base64); the answer
 validate as ``openai.types.CreateEmbeddingResponse`` and their vectors equal, to 1e-4, those
 the same model code computes in a separate process (and so each other's). A wrong server
 stops the run (exit 2). The load is ``benchmarks/load.py`` (wrk, or its asyncio fallback):
-at each concurrency a warm-up, then a measured run; server CPU is its whole process tree. A
+at each concurrency a warm-up, one request to wait out what the warm-up's abandoned requests
+left queued, then a measured run; server CPU is its whole process tree. A
 full run measures everything twice, in alternating order, and keeps each row's best round.
 """
 
@@ -78,9 +81,10 @@ def body(inputs: int) -> str:
     return json.dumps({"model": MODEL, "input": given, "encoding_format": "float"})
 
 
-def contenders(inputs: int) -> dict[str, Contender]:
+def contenders(inputs: int, litserve_timeout_ms: float = 5.0) -> dict[str, Contender]:
     """The two servers; LitServe batches requests only when each carries one input."""
     litserve_batch = 64 if inputs == 1 else 1
+    timeout_s = litserve_timeout_ms / 1000
 
     def mfk(port: int) -> list[str]:
         return [
@@ -92,9 +96,10 @@ def contenders(inputs: int) -> dict[str, Contender]:
         return [
             *(sys.executable, "-m", "benchmarks.apps.litserve_openai_embeddings"),
             *(f"--port={port}", f"--max-batch-size={litserve_batch}"),
+            f"--batch-timeout={timeout_s}",
         ]
 
-    wait = ", 5 ms" if litserve_batch > 1 else ""
+    wait = f", {litserve_timeout_ms:g} ms" if litserve_batch > 1 else ""
     return {
         c.key: c
         for c in (
@@ -218,6 +223,9 @@ def check(url: str, label: str, expected: list[list[float]], tokens: list[int]) 
         strings.append(answer.data[0].embedding)
         diffs.append(compare(f"input={text!r}", strings[-1], expected[i]))
 
+    status, _ = _post(url, {"model": "no-such-model", "input": SENTENCE})
+    if status == 200:
+        notes.append("answers 200 for an unknown model id (OpenAI: 404)")
     texts = list(CHECK_TEXTS)
     status, refused = _post(url, {"model": MODEL, "input": texts, "encoding_format": "float"})
     if status == 200:
@@ -271,6 +279,22 @@ def wait_ready(server: Server, url: str, payload: str, timeout: float = READY_TI
     raise RuntimeError(f"{server.contender.label} did not answer 200 within {timeout:.0f}s")
 
 
+def drain(url: str, payload: str, timeout: float = 120.0) -> float:
+    """One request, answered once the server has worked off what earlier clients left.
+
+    When the load generator stops, the requests it had in flight are abandoned; a server
+    that computes them anyway (LitServe does, in arrival order) would spend the start of the
+    next measured run on them. Returns the seconds it took.
+    """
+    started = time.monotonic()
+    request = urllib.request.Request(
+        url, data=payload.encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        answer.read()
+    return time.monotonic() - started
+
+
 def measure_server(
     contender: Contender,
     concurrency: list[int],
@@ -296,6 +320,9 @@ def measure_server(
             for c in concurrency:
                 _say(f"  {contender.key}: concurrency {c}")
                 run_load(generator, url, concurrency=c, duration=warmup, body=payload)
+                drained = drain(url, payload)
+                if drained > 1.0:
+                    _say(f"    {drained:.1f} s to drain what the warm-up left queued")
                 cpu_before = tree_cpu_seconds(server.pid)
                 result = run_load(generator, url, concurrency=c, duration=seconds, body=payload)
                 cpu = tree_cpu_seconds(server.pid) - cpu_before
@@ -412,7 +439,8 @@ def report(run: Run) -> str:
             f"Method: both servers run all-MiniLM-L6-v2 on CPU with the same model code "
             f"(`examples.embeddings.MiniLM`), one at a time. Each request is `POST {PATH}` "
             f"with `{run.body}` ({shape}; inputs/s = requests/s x {run.inputs}). At each "
-            f"concurrency, {run.warmup:g} s of unmeasured load, then {run.seconds:g} s measured "
+            f"concurrency, {run.warmup:g} s of unmeasured load, one request that waits out "
+            f"what that load left queued, then {run.seconds:g} s measured "
             f"with closed-loop keep-alive connections. Errors are non-2xx answers, socket "
             f"errors and timeouts; server CPU is the server's whole process tree during the "
             f"measured run, per request served. Ratios are mfk / LitServe: above 1 is better "
@@ -441,6 +469,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contenders", default="mfk,litserve", help="subset of mfk,litserve")
     parser.add_argument("--concurrency", default="1,16,64", help="comma-separated")
     parser.add_argument("--inputs", type=int, default=1, help="inputs per request (1: a string)")
+    parser.add_argument(
+        "--litserve-timeout-ms",
+        type=float,
+        default=5.0,
+        help="LitServe's batch_timeout (default 5, the kit's wait_ms; LitServe's own is 0)",
+    )
     parser.add_argument("--seconds", type=float, help="measured seconds per concurrency")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before each measured run")
     parser.add_argument("--rounds", type=int, help="measure everything this many times")
@@ -456,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     concurrency = [int(c) for c in args.concurrency.split(",")]
     if not 1 <= args.inputs <= 2048:
         parser.error("--inputs is 1 to 2048 (OpenAI's limit per request)")
-    servers = contenders(args.inputs)
+    servers = contenders(args.inputs, args.litserve_timeout_ms)
     keys = [k.strip() for k in args.contenders.split(",") if k.strip()]
     if unknown := [k for k in keys if k not in servers]:
         parser.error(f"unknown contenders {unknown}; choose from {list(servers)}")

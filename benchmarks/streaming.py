@@ -4,16 +4,22 @@
     python -m benchmarks.streaming --quick          # 1 round, 1 s warm-up + 2 s each
     python -m benchmarks.streaming --out report.md --json raw.json
 
-Contenders, one after the other, never two at once, both serving the tiny offline GPT-2 of
-``examples/tiny_lm.py`` at ``POST /generate`` (Server-Sent Events, one event per text piece):
+Contenders, one after the other, never two at once, all serving the tiny offline GPT-2 of
+``examples/tiny_lm.py``; the first two at ``POST /generate`` (Server-Sent Events, one event per
+text piece):
 
 - batched: ``mfk serve examples/generate.py`` (``max_batch_size=16``: concurrent streams share
   one forward pass per step);
 - unbatched: ``mfk serve benchmarks/apps/generate_unbatched.py:GeneratorUnbatched`` (the same
-  class with ``max_batch_size=1``: each stream steps the model on its own).
+  class with ``max_batch_size=1``: each stream steps the model on its own);
+- chat: ``mfk serve examples/chat.py`` (``TinyChat``, ``POST /v1/chat/completions`` with
+  ``"stream": true``); only ``chat.completion.chunk`` events with text in
+  ``choices[0].delta.content`` count as chunks (not the role chunk, the finish chunk or
+  ``data: [DONE]``), so its first chunk is its first token.
 
-Each server is started, checked against ``tiny_lm.reference_text`` (the run stops if a
-streamed text differs), then driven at each concurrency by closed-loop asyncio clients
+Each server is started, checked (the run stops if a streamed text differs: the /generate
+servers against ``tiny_lm.reference_text``, chat against its own non-streamed answer to the
+same prompt, both greedy), then driven at each concurrency by closed-loop asyncio clients
 (httpx, in this process): a warm-up, then a measured window. Chunks are counted by arrival
 time inside the window; latency figures come from the requests sent inside it, and the load
 goes on until the last of those has finished. Every server is stopped, also on failure.
@@ -37,7 +43,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -50,6 +56,14 @@ __all__ = ["CONTENDERS", "Measurement", "Preset", "Stream", "Window", "best_of",
 
 GENERATE = "/generate"
 PROMPTS = ("The lighthouse", "In the morning", "The keeper climbed the narrow stairs and", "Bread")
+CHAT = "/v1/chat/completions"
+CHAT_MODEL = "tiny-chat"
+CHAT_PROMPTS = (
+    "Where did the ship sail?",
+    "Tell me about the lighthouse.",
+    "How do you make bread?",
+    "What did the keeper do?",
+)
 REQUEST_TIMEOUT_S = 60.0  # one whole stream
 DRAIN_TIMEOUT_S = 60.0  # after the window, for the streams sent inside it to finish
 
@@ -65,6 +79,57 @@ FULL = Preset(seconds=10, warmup=3, rounds=2)
 QUICK = Preset(seconds=2, warmup=1, rounds=1)
 
 
+class ErrorEvent(ValueError):
+    """The server sent an error event inside a stream."""
+
+
+@dataclass(frozen=True)
+class StreamApi:
+    """How a contender is asked to stream, and which of its events carry text."""
+
+    path: str
+    prompts: tuple[str, ...]
+    body: Callable[[str, int], dict[str, Any]]  # (prompt, max tokens) -> the JSON body
+    # An event's data -> its text, or None for an event without any; None here: every event
+    # is a text chunk, its text in ``"text"`` (parsed only when the text is kept).
+    text: Callable[[str], str | None] | None = None
+    reference: str = "tiny_lm.reference_text"  # what its streamed text must equal
+
+
+def _chat_text(data: str) -> str | None:
+    data = data.strip()
+    if data == "[DONE]":
+        return None
+    event = json.loads(data)
+    if "error" in event:
+        raise ErrorEvent(f"error event: {data[:200]}")
+    choices = event.get("choices") or [{}]
+    content = (choices[0].get("delta") or {}).get("content")
+    return str(content) if content else None
+
+
+GENERATE_API = StreamApi(
+    GENERATE, PROMPTS, lambda prompt, n: {"prompt": prompt, "max_new_tokens": n}
+)
+CHAT_API = StreamApi(
+    CHAT,
+    CHAT_PROMPTS,
+    lambda prompt, n: {
+        "model": CHAT_MODEL,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": True,
+        "max_tokens": n,
+    },
+    text=_chat_text,
+    reference="its non-streamed answer",
+)
+
+
+@dataclass(frozen=True)
+class StreamContender(Contender):
+    api: StreamApi = GENERATE_API
+
+
 def _mfk_serve(target: str) -> Callable[[int], list[str]]:
     def command(port: int) -> list[str]:
         return [
@@ -75,14 +140,20 @@ def _mfk_serve(target: str) -> Callable[[int], list[str]]:
     return command
 
 
-CONTENDERS: dict[str, Contender] = {
+CONTENDERS: dict[str, StreamContender] = {
     c.key: c
     for c in (
-        Contender("batched", "mfk serve, batch 16", _mfk_serve("examples/generate.py")),
-        Contender(
+        StreamContender("batched", "mfk serve, batch 16", _mfk_serve("examples/generate.py")),
+        StreamContender(
             "unbatched",
             "mfk serve, batch 1",
             _mfk_serve("benchmarks/apps/generate_unbatched.py:GeneratorUnbatched"),
+        ),
+        StreamContender(
+            "chat",
+            "mfk serve, OpenAI chat",
+            _mfk_serve("examples/chat.py"),
+            api=CHAT_API,
         ),
     )
 }
@@ -124,9 +195,10 @@ async def stream_once(
     *,
     keep_text: bool = False,
     started: Callable[[Stream], object] | None = None,
+    api: StreamApi = GENERATE_API,
 ) -> Stream:
     """POST one prompt and read its event stream to the end; ``started`` sees it sent."""
-    body = {"prompt": prompt, "max_new_tokens": max_new_tokens}
+    body = api.body(prompt, max_new_tokens)
     found = Stream(sent=time.perf_counter())
     if started is not None:
         started(found)
@@ -144,9 +216,18 @@ async def stream_once(
                     if failed:
                         found.error = f"error event: {line[5:].strip()[:200]}"
                         break
-                    found.arrivals.append(time.perf_counter())
-                    if keep_text:
-                        found.texts.append(str(json.loads(line[5:])["text"]))
+                    if api.text is None:
+                        found.arrivals.append(time.perf_counter())
+                        if keep_text:
+                            found.texts.append(str(json.loads(line[5:])["text"]))
+                    else:
+                        arrived = time.perf_counter()
+                        if text := api.text(line[5:]):
+                            found.arrivals.append(arrived)
+                            if keep_text:
+                                found.texts.append(text)
+    except ErrorEvent as exc:
+        found.error = str(exc)
     except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
         found.error = f"{type(exc).__name__}: {exc}"
     if found.error is None and not found.arrivals:
@@ -166,16 +247,38 @@ def reference_texts(model_dir: Path, max_new_tokens: int) -> dict[str, str]:
     return {p: tiny_lm.reference_text(model, tokenizer, p, max_new_tokens) for p in PROMPTS}
 
 
-async def _check(url: str, max_new_tokens: int, expected: dict[str, str]) -> list[str]:
+async def chat_answers(url: str, max_tokens: int) -> dict[str, str]:
+    """Each chat prompt's non-streamed answer: ``choices[0].message.content``."""
+    found: dict[str, str] = {}
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as client:
+        for prompt in CHAT_PROMPTS:
+            answer = await client.post(
+                url, json={**CHAT_API.body(prompt, max_tokens), "stream": False}
+            )
+            if answer.status_code != 200:
+                raise RuntimeError(
+                    f"non-streamed {prompt!r}: HTTP {answer.status_code}: {answer.text[:200]}"
+                )
+            found[prompt] = str(answer.json()["choices"][0]["message"]["content"])
+    return found
+
+
+async def _check(
+    url: str, max_new_tokens: int, expected: dict[str, str], api: StreamApi = GENERATE_API
+) -> list[str]:
     """Stream every prompt alone, then all at once; return what differs from ``expected``."""
     problems: list[str] = []
+    prompts = api.prompts
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as client:
-        alone = [await stream_once(client, url, p, max_new_tokens, keep_text=True) for p in PROMPTS]
+        alone = [
+            await stream_once(client, url, p, max_new_tokens, keep_text=True, api=api)
+            for p in prompts
+        ]
         together = await asyncio.gather(
-            *(stream_once(client, url, p, max_new_tokens, keep_text=True) for p in PROMPTS)
+            *(stream_once(client, url, p, max_new_tokens, keep_text=True, api=api) for p in prompts)
         )
     for how, streams in (("alone", alone), ("concurrently", together)):
-        for prompt, got in zip(PROMPTS, streams, strict=True):
+        for prompt, got in zip(prompts, streams, strict=True):
             if got.error is not None:
                 problems.append(f"{prompt!r} ({how}): {got.error}")
             elif (text := "".join(got.texts)) != expected[prompt]:
@@ -215,13 +318,14 @@ async def drive(
     max_new_tokens: int,
     warmup: float,
     seconds: float,
+    api: StreamApi = GENERATE_API,
 ) -> Window:
     """``concurrency`` clients stream prompts back to back; measure ``seconds`` after ``warmup``.
 
     The load goes on past the window until every stream sent inside it has finished, so that
     each measured stream ran under the full concurrency.
     """
-    prompts = itertools.cycle(PROMPTS)
+    prompts = itertools.cycle(api.prompts)
     streams: list[Stream] = []
     in_flight: dict[int, Stream] = {}  # by id(): the streams sent and not finished yet
     begun = time.perf_counter()
@@ -239,7 +343,9 @@ async def drive(
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while not measured_done.is_set():
-            got = await stream_once(client, url, next(prompts), max_new_tokens, started=sent)
+            got = await stream_once(
+                client, url, next(prompts), max_new_tokens, started=sent, api=api
+            )
             del in_flight[id(got)]
             note_done()
 
@@ -334,24 +440,31 @@ def measure_server(
     key: str,
     concurrency: list[int],
     *,
-    expected: dict[str, str],
+    expected: dict[str, str] | None,
     max_new_tokens: int,
     seconds: float,
     warmup: float,
     log: IO[str],
 ) -> Measurement:
-    """Start ``key``, check its text, drive it at each concurrency, stop it."""
+    """Start ``key``, check its text, drive it at each concurrency, stop it.
+
+    ``expected``: the /generate reference texts; chat's come from the server itself.
+    """
     contender = CONTENDERS[key]
+    api = contender.api
     found = Measurement(key=key, label=contender.label)
     with serving(contender, log) as server:
-        url = server.url.removesuffix(ROUTE) + GENERATE
+        url = server.url.removesuffix(ROUTE) + api.path
         try:
             found.ready_seconds = wait_ready(server)
-            problems = asyncio.run(_check(url, max_new_tokens, expected))
+            if api is CHAT_API:
+                expected = asyncio.run(chat_answers(url, max_new_tokens))
+            assert expected is not None
+            problems = asyncio.run(_check(url, max_new_tokens, expected, api))
             if problems:
                 raise WrongText(
                     f"{contender.label} streamed text that differs from "
-                    f"tiny_lm.reference_text:\n  " + "\n  ".join(problems)
+                    f"{api.reference}:\n  " + "\n  ".join(problems)
                 )
             for c in concurrency:
                 _say(f"  {key}: concurrency {c}")
@@ -363,6 +476,7 @@ def measure_server(
                         max_new_tokens=max_new_tokens,
                         warmup=warmup,
                         seconds=seconds,
+                        api=api,
                     )
                 )
                 found.windows.append(window)
@@ -431,6 +545,13 @@ def report(run: Run) -> str:
         if measurement.error:
             rows.append(f"| {measurement.label} | failed: {measurement.error} |||||||")
     rounds = f"best of {run.rounds} rounds" if run.rounds > 1 else "1 round"
+    chat = (
+        f' The chat server answers `POST {CHAT}` with `"stream": true` and '
+        f"`max_tokens={run.max_new_tokens}`, {len(CHAT_PROMPTS)} chat prompts in rotation, its "
+        f"streamed text first checked against its own non-streamed answer; only its events "
+        f"with text in `choices[0].delta.content` count as chunks (not the role chunk, the "
+        f"finish chunk or `data: [DONE]`), so its first chunk is its first token."
+    )
     return "\n".join(
         [
             "## Streaming generation",
@@ -441,10 +562,12 @@ def report(run: Run) -> str:
             "",
             *rows,
             "",
-            f"Method: both servers stream the tiny offline GPT-2 of `examples/tiny_lm.py` "
+            f"Method: every server streams the tiny offline GPT-2 of `examples/tiny_lm.py` "
             f"(greedy, `max_new_tokens={run.max_new_tokens}`, {len(PROMPTS)} prompts in "
-            f"rotation, some of which reach eos sooner; each server's text is first checked "
-            f"against `generate()`). Closed-loop httpx clients, in the benchmark process on "
+            f"rotation, some of which reach eos sooner; the /generate servers' text is first "
+            f"checked against `generate()`)."
+            + (chat if any(m.key == "chat" for m in run.best) else "")
+            + f" Closed-loop httpx clients, in the benchmark process on "
             f"the same cores, stream back to back for {run.warmup:g} s of warm-up, then "
             f"{run.seconds:g} s measured: chunks/s counts the SSE events that arrived in that "
             f"window; first chunk is from sending to the first event, and per stream is the "
@@ -510,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
         _say("building the tiny model")
         model_dir = tiny_lm.build(Path(scratch) / "tiny-lm")
         os.environ["TINY_LM_DIR"] = str(model_dir)  # the servers inherit it
-        expected = reference_texts(model_dir, args.max_new_tokens)
+        generates = any(CONTENDERS[k].api is GENERATE_API for k in keys)
+        expected = reference_texts(model_dir, args.max_new_tokens) if generates else None
         for number in range(1, rounds + 1):
             _say(f"round {number} of {rounds}")
             per_round.append([])
