@@ -222,3 +222,21 @@ def test_a_body_that_fails_validation_is_422_with_the_request_id_even_if_unprint
         assert response.headers["x-request-id"] == "bad-1"
         assert response.json()["request_id"] == "bad-1"
         assert response.json()["detail"][0]["loc"][0] == "body"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b'{"x": "\xff\xfe"}', 400, "must be UTF-8 JSON"),  # not UTF-8
+        (b"[" * 3000 + b"]" * 3000, 400, "nested at most"),  # deeper than the parser goes
+        (b'{"x": 1, "pad": "' + b"a" * 2_000_000 + b'"}', 413, "over the limit of 1048576"),
+    ],
+)
+def test_unreadable_and_oversized_bodies_answer_the_error_body(strict, body, status, says):
+    response = httpx.post(
+        f"{strict.url}/double", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert says in response.json()["detail"]
+    assert response.json()["request_id"] == response.headers["x-request-id"]

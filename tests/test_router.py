@@ -127,6 +127,8 @@ def test_body_over_the_limit_is_413(probe):
         big = b'{"x": 1, "pad": "' + b"a" * 100 + b'"}'
         response = client.post("/double", content=big, headers={"content-type": "application/json"})
         assert response.status_code == 413
+        assert response.json()["detail"] == "the request body is over the limit of 64 bytes"
+        assert response.json()["request_id"] == response.headers["x-request-id"]
 
         def chunks():
             yield big[:40]
@@ -136,6 +138,7 @@ def test_body_over_the_limit_is_413(probe):
             "/double", content=chunks(), headers={"content-type": "application/json"}
         )
         assert streamed.status_code == 413
+        assert streamed.headers["content-type"] == "application/json"
         assert probe.batches == [[1]]
 
 

@@ -2,11 +2,14 @@
 wherever the router is mounted.
 
 FastAPI's exception handlers belong to the app, and the kit's router is often included in an
-app it does not own. A route class travels with the router: its handler turns what the
-route's dependencies and validation raise into the kit's answers, with the request id:
+app it does not own. A route class travels with the router: its handler turns what happens
+before the endpoint runs into the kit's answers, with the request id:
 
-- a ``ServingError`` raised by a dependency (a missing API key: ``Unauthorized``) becomes
-  ``error_response``: ``{"detail", "request_id"}`` and its headers;
+- a body over the route's limit (``limit_body``) is a 413, whether it says its length or is
+  sent in chunks; the body is not read past the limit;
+- a body that cannot be parsed (not UTF-8, nested too deeply) is a 400;
+- a ``ServingError`` raised by a dependency (a missing API key: ``Unauthorized``) keeps its
+  status and headers;
 - a ``RequestValidationError`` becomes FastAPI's 422 body (``{"detail": [errors]}``) plus the
   ``request_id``; an input that cannot be put in JSON (a lone surrogate) is left out of its
   error instead of failing the answer.
@@ -23,12 +26,14 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.types import Message
 
 from .._errors import ServingError
 from .errors import REQUEST_ID_HEADER, error_response, request_id
 
-__all__ = ["KitRoute", "validation_errors"]
+__all__ = ["BodyTooLarge", "KitRoute", "UnreadableBody", "limit_body", "validation_errors"]
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -38,14 +43,19 @@ class KitRoute(APIRoute):
 
     def get_route_handler(self) -> Handler:
         handle = super().get_route_handler()
+        limit: int | None = getattr(self.endpoint, _LIMIT_ATTR, None)
 
         async def handler(request: Request) -> Response:
             try:
+                if limit is not None:
+                    request = _limited(request, limit)
                 return await handle(request)
             except ServingError as exc:
                 return self.serving_error(exc, request_id(request))
             except RequestValidationError as exc:
                 return self.invalid(exc, request_id(request))
+            except HTTPException as exc:  # FastAPI's own: an unreadable body, mostly
+                return self.serving_error(_from_http(exc), request_id(request))
 
         return handler
 
@@ -58,6 +68,56 @@ class KitRoute(APIRoute):
             status_code=422,
             headers={REQUEST_ID_HEADER: rid},
         )
+
+
+def limit_body(endpoint: Callable[..., Any], max_bytes: int) -> None:
+    """Make a ``KitRoute`` refuse bodies over ``max_bytes`` for ``endpoint`` (413)."""
+    setattr(endpoint, _LIMIT_ATTR, max_bytes)
+
+
+class BodyTooLarge(ServingError):
+    status_code = 413
+
+
+class UnreadableBody(ServingError):
+    status_code = 400
+
+
+_LIMIT_ATTR = "__mfk_max_body__"
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """``request`` with a body reader that refuses more than ``limit`` bytes."""
+    too_large = BodyTooLarge(f"the request body is over the limit of {limit} bytes")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise too_large  # before reading a byte of it
+    receive = request.receive
+    seen = 0
+
+    async def receive_at_most() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise too_large
+        return message
+
+    return Request(request.scope, receive_at_most)
+
+
+def _from_http(exc: HTTPException) -> ServingError:
+    if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI wraps what reading the body raised
+        return exc.__cause__
+    if exc.status_code == 400:
+        return UnreadableBody(
+            "the request body could not be read as JSON: it must be UTF-8 JSON, nested at "
+            "most a few hundred levels deep"
+        )
+    error = ServingError(str(exc.detail))
+    error.status_code = exc.status_code
+    return error
 
 
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

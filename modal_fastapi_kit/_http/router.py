@@ -37,7 +37,7 @@ from .._errors import DeadlineExceeded
 from .auth import ApiKeys, key_dependency
 from .errors import REQUEST_ID_HEADER, ErrorBody, failure_response, request_id
 from .health import HealthBody, liveness, readiness, register_service
-from .route import KitRoute
+from .route import KitRoute, limit_body
 from .streaming import SSE_TYPE, StreamResponse, chunk_responses, wants_ndjson
 from .waiting import ClientGone, outcomes, wait_for_disconnect
 
@@ -53,8 +53,9 @@ __all__ = [
 _JSON = "application/json"
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body is not readable JSON"},
     401: {"model": ErrorBody, "description": "No valid API key (when auth='api-key')"},
-    413: {"model": ErrorBody, "description": "Body over the size limit"},
+    413: {"model": ErrorBody, "description": "Body over the size limit (max_body_bytes)"},
     422: {"description": "Validation failed, or the model cannot handle the input"},
     500: {"model": ErrorBody, "description": "predict raised; quote the request id"},
     503: {"model": ErrorBody, "description": "Not ready, stalled or queue full; see Retry-After"},
@@ -157,6 +158,7 @@ class PredictApi:
             "response_class": _EventStream,
             "responses": {**_ERROR_RESPONSES, **chunk_responses(spec.response_model)},
         }
+        limit_body(predict, config.max_body_bytes)
         router.add_api_route(
             config.route,
             predict,
@@ -165,7 +167,6 @@ class PredictApi:
             summary=f"{spec.name}: predict" + (" (streamed)" if spec.streaming else ""),
             tags=[spec.name],
             response_model=spec.response_model,
-            max_body_size=config.max_body_bytes,
             dependencies=dependencies,
             **(streamed if spec.streaming else {"responses": _ERROR_RESPONSES}),
         )

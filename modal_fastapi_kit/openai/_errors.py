@@ -26,7 +26,7 @@ from .._errors import (
     Unauthorized,
 )
 from .._http.errors import REQUEST_ID_HEADER, public_error
-from .._http.route import KitRoute, validation_errors
+from .._http.route import BodyTooLarge, KitRoute, UnreadableBody, validation_errors
 
 __all__ = ["OpenAIError", "OpenAIRoute", "RequestError", "openai_error_response"]
 
@@ -58,6 +58,8 @@ class RequestError(ServingError):
 
 _CODES: list[tuple[type[ServingError], str]] = [
     (Unauthorized, "invalid_api_key"),
+    (BodyTooLarge, "request_too_large"),
+    (UnreadableBody, "invalid_json"),
     (QueueFullError, "queue_full"),
     (ModelStalled, "model_stalled"),
     (NotReadyError, "not_ready"),

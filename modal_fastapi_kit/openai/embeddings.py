@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._core.spec import Api, RouteNames, ServiceSpec
 from .._http.errors import REQUEST_ID_HEADER, request_id
+from .._http.route import limit_body
 from .._http.router import late_error
 from .._http.waiting import ClientGone, outcomes
 from .._server import ModelServer
@@ -195,6 +196,7 @@ class EmbeddingsApi:
             )
 
         name = f"{spec.config.name}.embeddings"
+        limit_body(embeddings, spec.config.max_body_bytes)
         router.add_api_route(
             "/v1/embeddings",
             embeddings,
@@ -206,7 +208,6 @@ class EmbeddingsApi:
             responses={code: {"model": OpenAIError} for code in (400, 401, 404, 422, 500, 503)},
             dependencies=dependencies,
             route_class_override=OpenAIRoute,
-            max_body_size=spec.config.max_body_bytes,
         )
         shared = add_model_routes(router, spec, backend, dependencies)
         return RouteNames(exclusive=(name,), shared=shared)
