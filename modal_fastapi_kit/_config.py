@@ -160,6 +160,7 @@ class ServiceConfig:
     target_concurrent_inputs: int | None = None
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     isolate_failures: bool = True
+    load_retries: int = 0
     # -- limits and deadlines ---------------------------------------------------------------
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
@@ -351,6 +352,12 @@ def _validate_auth(c: ServiceConfig) -> None:
 
 
 def _validate_stall_and_streams(c: ServiceConfig) -> None:
+    _check(
+        _is_int(c.load_retries) and 0 <= c.load_retries <= 10,
+        "load_retries",
+        c.load_retries,
+        "an int from 0 to 10: how often a failed load() is tried again (with backoff)",
+    )
     if c.isolate_failures not in (True, False):
         raise ConfigError(f"isolate_failures={c.isolate_failures!r}: expected a bool")
     if c.stall_timeout not in ("auto", None):

@@ -7,6 +7,7 @@ KitError
     ├── InputError         the model cannot handle this input (4xx, its message is shown)
     ├── Unauthorized       no valid API key (401)
     ├── NotReadyError      the model has not finished loading (503)
+    │   ├── LoadFailed     the model failed to load and will not be loaded again (503)
     │   └── ModelStalled   a model call ran past stall_timeout; the model is stuck (503)
     ├── QueueFullError     the batch queue is at its bound (503)
     ├── DeadlineExceeded   the request's deadline passed (504)
@@ -23,6 +24,7 @@ __all__ = [
     "DeadlineExceeded",
     "InputError",
     "KitError",
+    "LoadFailed",
     "MissingExtraError",
     "ModelStalled",
     "NotReadyError",
@@ -48,15 +50,23 @@ class MissingExtraError(KitError, ImportError):
 
 
 class ServingError(KitError):
-    """A request could not be answered. ``status_code`` is what the router sends."""
+    """A request could not be answered. ``status_code`` is what the router sends.
+
+    The message is what the client reads; ``internal`` (paths, credentials advice, the names
+    of the app and class behind the service) goes only to the server's log, with the request
+    id.
+    """
 
     status_code: int = 500
     retry_after: int | None = None
 
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: int | None = None, internal: str | None = None
+    ) -> None:
         super().__init__(message)
         if retry_after is not None:
             self.retry_after = retry_after
+        self.internal = internal
 
     @property
     def detail(self) -> str:
@@ -92,7 +102,14 @@ class Unauthorized(ServingError):
 
 class NotReadyError(ServingError):
     status_code = 503
-    retry_after = 5
+    retry_after: int | None = 5
+
+
+class LoadFailed(NotReadyError):
+    """The model failed to load (after its retries): nothing changes by waiting, so no
+    ``Retry-After``; ``/healthz`` answers 503 so that the process is restarted."""
+
+    retry_after = None
 
 
 class ModelStalled(NotReadyError):

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from modal import exception as modal_errors
 from pydantic import BaseModel
 
-from modal_fastapi_kit import LoadState, ModelServer, gpu_service
+from modal_fastapi_kit import LoadState, ModelServer, QueueFullError, gpu_service
 from modal_fastapi_kit._backends.modal import ModalBackend
 from modal_fastapi_kit._core.spec import service_spec
 from modal_fastapi_kit._modal import credentials_configured
@@ -85,31 +85,95 @@ def test_health_and_readiness_never_call_the_gpu_class():
     assert fake.payloads == []
 
 
+UNAVAILABLE = "the model service is unavailable; retry later"
+UNREACHABLE = "the model service cannot be reached; retry shortly"
+FAILED_TO_RUN = "the model service failed to run the request; retry shortly"
+LATE = "the model did not answer in time"
+
+
 @pytest.mark.parametrize(
-    ("raised", "status", "retry_after", "says"),
+    ("raised", "status", "retry_after", "answer", "logged"),
     [
-        (modal_errors.AuthError("Token missing"), 503, "5", "modal token new"),
-        (modal_errors.PermissionDeniedError("no"), 503, "5", "MODAL_TOKEN_ID"),
-        (modal_errors.NotFoundError("App not found"), 503, "5", "mfk deploy"),
-        (modal_errors.FunctionTimeoutError("timed out"), 504, None, "timeout=300s"),
-        (modal_errors.OutputExpiredError("expired"), 504, None, "Modal timed out"),
-        (modal_errors.ConnectionError("reset"), 503, "5", "cannot reach Modal"),
-        (modal_errors.ServiceError("unavailable"), 503, "5", "cannot reach Modal"),
-        (ConnectionRefusedError(111, "refused"), 503, "5", "cannot reach Modal"),
-        (modal_errors.InternalFailure("container crashed"), 502, "5", "Modal failed to run"),
-        (modal_errors.RemoteError("oom"), 502, "5", "Modal failed to run"),
-        (modal_errors.ExecutionError("cannot deserialize"), 502, "5", "Modal failed to run"),
+        (modal_errors.AuthError("Token missing"), 503, "5", UNAVAILABLE, "modal token new"),
+        (modal_errors.PermissionDeniedError("no"), 503, "5", UNAVAILABLE, "MODAL_TOKEN_ID"),
+        (modal_errors.NotFoundError("App not found"), 503, "5", UNAVAILABLE, "mfk deploy"),
+        (modal_errors.FunctionTimeoutError("timed out"), 504, None, LATE, "timeout=300s"),
+        (modal_errors.OutputExpiredError("expired"), 504, None, LATE, "OutputExpiredError"),
+        (modal_errors.ConnectionError("reset"), 503, "5", UNREACHABLE, "cannot reach Modal"),
+        (modal_errors.ServiceError("unavailable"), 503, "5", UNREACHABLE, "cannot reach Modal"),
+        (ConnectionRefusedError(111, "refused"), 503, "5", UNREACHABLE, "cannot reach Modal"),
+        (modal_errors.InternalFailure("crashed"), 502, "5", FAILED_TO_RUN, "Modal failed to run"),
+        (modal_errors.RemoteError("oom"), 502, "5", FAILED_TO_RUN, "Modal failed to run"),
+        (modal_errors.ExecutionError("pickle"), 502, "5", FAILED_TO_RUN, "Modal failed to run"),
     ],
 )
-def test_modal_failures_map_to_clear_http_answers(raised, status, retry_after, says):
+def test_modal_failures_answer_a_short_message_and_log_the_rest(
+    raised, status, retry_after, answer, logged, caplog
+):
     fake = FakeRemote(raised)
     with client_for(fake) as client:
         response = client.post("/double", json={"x": 1})
     assert response.status_code == status, response.json()
     assert response.headers.get("retry-after") == retry_after
-    assert says in response.json()["detail"]
-    assert response.json()["request_id"] == response.headers["x-request-id"]
-    assert len(fake.payloads) == 1  # nothing is retried by the backend
+    assert response.json()["detail"] == answer
+    assert "RemoteDoubler" not in response.text and "remote-doubler" not in response.text
+    rid = response.json()["request_id"]
+    assert rid == response.headers["x-request-id"]
+    assert any(rid in r.message and logged in r.message for r in caplog.records)
+    if isinstance(raised, modal_errors.ConnectionError | ConnectionRefusedError):
+        assert len(fake.payloads) > 1  # never reached Modal: sent again until the deadline
+    else:
+        assert len(fake.payloads) == 1  # may have run: never sent again
+
+
+def test_a_request_modal_never_received_is_sent_again_within_the_deadline():
+    failures = [modal_errors.ConnectionError("connect failed")] * 2
+
+    async def flaky(payload: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return {"ok": {"y": 2 * payload["x"]}}
+
+    fake = FakeRemote(flaky)
+    with client_for(fake) as client:
+        response = client.post("/double", json={"x": 4})
+    assert response.json() == {"y": 8}
+    assert len(fake.payloads) == 3
+
+
+def test_a_request_modal_may_have_run_is_never_sent_again():
+    fake = FakeRemote(modal_errors.InternalFailure("the container died mid-input"))
+    with client_for(fake) as client:
+        assert client.post("/double", json={"x": 4}).status_code == 502
+    assert len(fake.payloads) == 1
+
+
+def test_max_queue_size_bounds_the_calls_in_flight():
+    release = asyncio.Event()
+
+    async def held(payload: Any) -> Any:
+        await release.wait()
+        return {"ok": {"y": 0}}
+
+    async def scenario() -> None:
+        backend = ModalBackend(service_spec(Bounded), handle=FakeRemote(held))
+        await backend.start()
+        deadline = asyncio.get_running_loop().time() + 5
+        calls = [backend.submit(NumIn(x=i), deadline=deadline) for i in range(2)]
+        with pytest.raises(QueueFullError, match="2 requests in flight"):
+            backend.submit(NumIn(x=9), deadline=deadline)
+        release.set()
+        await asyncio.gather(*calls)
+        backend.submit(NumIn(x=3), deadline=deadline)  # room again
+        await backend.stop()
+
+    asyncio.run(scenario())
+
+
+@gpu_service(name="bounded", route="/double", max_queue_size=2)
+class Bounded(ModelServer[NumIn, NumOut]):
+    def predict(self, item: NumIn) -> NumOut:
+        raise AssertionError("the model must not run locally")
 
 
 GPU_FAILED = {
@@ -227,7 +291,7 @@ def test_lookup_by_name_retries_until_the_class_is_deployed(monkeypatch):
         await backend.start()
         await backend.wait_looked_up()
         assert backend.state is LoadState.FAILED
-        assert "mfk deploy" in (backend.error or "")
+        assert "mfk deploy" in (backend.error or "")  # for the log and mfk, not for clients
         for _ in range(500):
             if backend.state is LoadState.READY:
                 break
@@ -242,7 +306,7 @@ def test_lookup_by_name_retries_until_the_class_is_deployed(monkeypatch):
     assert fake.payloads == []  # resolving the class woke no GPU
 
 
-def test_without_credentials_the_real_sdk_fails_at_once_and_readyz_says_why():
+def test_without_credentials_the_real_sdk_fails_at_once_and_the_log_says_why(caplog):
     if credentials_configured():
         pytest.skip("this machine has Modal credentials")
     started = time.monotonic()
@@ -253,12 +317,13 @@ def test_without_credentials_the_real_sdk_fails_at_once_and_readyz_says_why():
                 break
             time.sleep(0.01)
         assert ready.status_code == 503
-        assert "modal token new" in ready.json()["detail"]
+        assert ready.json()["detail"] == "the server's log says why"
         assert client.get("/healthz").status_code == 200
         predict = client.post("/double", json={"x": 1})
         assert predict.status_code == 503
-        assert "unavailable" in predict.json()["detail"]
+        assert predict.json()["detail"] == UNAVAILABLE
     assert time.monotonic() - started < 10  # AuthError comes at once, with no network
+    assert "modal token new" in caplog.text
 
 
 def test_backend_modal_is_known_to_create_backend():

@@ -82,11 +82,11 @@ def test_readyz_follows_health():
         assert client.get("/readyz").status_code == 200
 
 
-def test_failed_load_is_reported_and_the_process_keeps_serving():
+def test_a_failed_load_fails_liveness_and_says_why_only_in_the_log(caplog):
     @gpu_service(name="broken", route="/double")
     class Broken(ModelServer[NumIn, NumOut]):
         def load(self) -> None:
-            raise FileNotFoundError("weights.safetensors")
+            raise FileNotFoundError("/srv/secret/path/weights.safetensors")
 
         def predict(self, item: NumIn) -> NumOut:
             return NumOut(y=item.x)
@@ -98,11 +98,47 @@ def test_failed_load_is_reported_and_the_process_keeps_serving():
                 break
             time.sleep(0.01)
         assert ready.status_code == 503
-        assert "FileNotFoundError: weights.safetensors" in ready.json()["detail"]
+        assert ready.json()["detail"] == "the model failed to load; the server's log says why"
+        alive = client.get("/healthz")
+        assert alive.status_code == 503  # nothing changes by waiting: restart the process
+        assert alive.json()["status"] == "failed"
         predict = client.post("/double", json={"x": 1})
         assert predict.status_code == 503
-        assert "failed to load" in predict.json()["detail"]
-        assert client.get("/healthz").status_code == 200
+        assert "retry-after" not in predict.headers
+        assert predict.json()["detail"] == "the model failed to load; the server's log says why"
+        assert "/srv/secret" not in ready.text + alive.text + predict.text
+    assert "FileNotFoundError: /srv/secret/path/weights.safetensors" in caplog.text
+
+
+def test_load_retries_load_again_with_backoff_and_liveness_holds_meanwhile(monkeypatch):
+    from modal_fastapi_kit._backends import local
+
+    monkeypatch.setattr(local, "LOAD_RETRY_DELAY", 0.2)
+    attempts: list[float] = []
+
+    @gpu_service(name="flaky-load", route="/double", load_retries=2)
+    class FlakyLoad(ModelServer[NumIn, NumOut]):
+        def load(self) -> None:
+            attempts.append(time.monotonic())
+            if len(attempts) < 3:
+                raise ConnectionError("the weights store is not up yet")
+
+        def predict(self, item: NumIn) -> NumOut:
+            return NumOut(y=item.x)
+
+    with TestClient(FlakyLoad.asgi_app()) as client:
+        statuses = set()
+        for _ in range(300):
+            statuses.add(
+                (client.get("/readyz").json()["status"], client.get("/healthz").status_code)
+            )
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.01)
+        assert client.post("/double", json={"x": 3}).json() == {"y": 3}
+    assert len(attempts) == 3
+    assert attempts[2] - attempts[1] >= 2 * (attempts[1] - attempts[0]) * 0.8  # backoff doubles
+    assert ("failed", 503) not in statuses and ("loading", 200) in statuses
 
 
 def test_validation_error_is_422(probe):

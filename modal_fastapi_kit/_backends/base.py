@@ -52,6 +52,7 @@ class Backend(Protocol):
         """Whether the backend can serve now (loaded, and the model's ``health()`` agrees)."""
         ...
 
-    def stuck(self) -> str | None:
-        """Why this process should be restarted (its model is stalled), or None."""
+    def restart_reason(self) -> tuple[str, str] | None:
+        """``(status, why)`` when this process should be restarted (its model is stalled, or
+        failed to load for good), else None. ``/healthz`` answers 503 then."""
         ...

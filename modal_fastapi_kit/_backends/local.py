@@ -10,11 +10,15 @@ from .._core.batcher import Batcher
 from .._core.hooks import LoadState, ModelRuntime
 from .._core.spec import ServiceSpec
 from .._core.streams import StreamBatch
-from .._errors import ModelStalled, NotReadyError
+from .._errors import LoadFailed, ModelStalled, NotReadyError
 
 __all__ = ["LocalBackend"]
 
 logger = logging.getLogger("modal_fastapi_kit")
+
+LOAD_FAILED = "the model failed to load; the server's log says why"
+LOAD_RETRY_DELAY = 5.0  # seconds before the first new load after a failed one
+MAX_LOAD_RETRY_DELAY = 60.0
 
 
 class LocalBackend:
@@ -34,6 +38,7 @@ class LocalBackend:
         self._load_task: asyncio.Task[None] | None = None
         self._started = False
         self._stopped = False
+        self._retrying = False  # waiting to load again after a failure
 
     @property
     def service_name(self) -> str:
@@ -43,6 +48,8 @@ class LocalBackend:
     def state(self) -> LoadState:
         if self._stopped:
             return LoadState.STOPPED
+        if self._retrying:
+            return LoadState.LOADING
         state = self.runtime.state
         if state is LoadState.READY and self._batcher is None:
             return LoadState.LOADING
@@ -77,10 +84,30 @@ class LocalBackend:
             await asyncio.shield(self._load_task)
 
     async def _load(self) -> None:
-        try:
-            await self.runtime.start()
-        except Exception:
-            return  # the runtime is FAILED and says why; the router answers 503
+        """Load; with ``load_retries``, load again (a fresh instance) after a failure, waiting
+        5 s, then twice as long each time (at most 60 s)."""
+        delay = LOAD_RETRY_DELAY
+        for attempt in range(1 + self.config.load_retries):
+            try:
+                await self.runtime.start()
+                break
+            except Exception:
+                if attempt == self.config.load_retries:
+                    return  # for good: the runtime is FAILED, /healthz answers 503
+                logger.warning(
+                    "%s failed to load (attempt %d of %d); loading again in %.0fs",
+                    self.spec.name,
+                    attempt + 1,
+                    1 + self.config.load_retries,
+                    delay,
+                )
+            self._retrying = True
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._retrying = False
+            delay = min(2 * delay, MAX_LOAD_RETRY_DELAY)
+            self.runtime = ModelRuntime(self.spec)
         self._serve()
 
     def _serve(self) -> None:
@@ -114,6 +141,8 @@ class LocalBackend:
     def submit(self, item: Any, *, deadline: float) -> asyncio.Future[Any]:
         batcher = self._batcher
         if batcher is None or self._stopped or self.runtime.state is not LoadState.READY:
+            if self.state is LoadState.FAILED:
+                raise LoadFailed(LOAD_FAILED)
             raise NotReadyError(self._not_ready_reason())
         if self.runtime.stalled is not None:
             raise self.runtime.stalled
@@ -121,8 +150,6 @@ class LocalBackend:
 
     def _not_ready_reason(self) -> str:
         state = self.state
-        if state is LoadState.FAILED:
-            return f"the model failed to load: {self.runtime.error}"
         if state is LoadState.STOPPED:
             return "the server is shutting down"
         return "the model is still loading; retry shortly"
@@ -130,9 +157,13 @@ class LocalBackend:
     async def healthy(self) -> bool:
         return self.state is LoadState.READY and await self.runtime.healthy()
 
-    def stuck(self) -> str | None:
+    def restart_reason(self) -> tuple[str, str] | None:
         stalled = self.runtime.stalled
-        return None if stalled is None else stalled.detail
+        if stalled is not None:
+            return "stalled", stalled.detail
+        if self.runtime.state is LoadState.FAILED and not self._retrying:
+            return "failed", LOAD_FAILED
+        return None
 
     async def stop(self) -> None:
         """Stop taking requests, drain what is queued and running (at most request_timeout:

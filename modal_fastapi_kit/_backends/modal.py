@@ -48,6 +48,7 @@ from .._errors import (
     DeadlineExceeded,
     NotReadyError,
     PredictError,
+    QueueFullError,
     ServingError,
     UpstreamError,
 )
@@ -61,6 +62,8 @@ CREDENTIALS_HELP = (
     "(create a token at https://modal.com/settings/tokens)"
 )
 DEFAULT_LOOKUP_RETRY = 10.0  # seconds before the first new lookup after a failed one
+FIRST_RESEND_DELAY = 0.1  # seconds before sending again a request Modal never received
+MAX_RESEND_DELAY = 2.0
 MAX_LOOKUP_RETRY = 300.0
 
 
@@ -141,7 +144,8 @@ class ModalBackend:
                 await handle.hydrate.aio()
             except Exception as exc:
                 self._state = LoadState.FAILED
-                self._error = map_modal_error(exc, self).detail
+                error = map_modal_error(exc, self)
+                self._error = error.internal or error.detail
                 logger.error("looking up the %s failed: %s", self.target, self._error)
                 self._looked_up.set()
                 if isinstance(exc, modal.exception.AuthError):
@@ -159,10 +163,15 @@ class ModalBackend:
     def submit(self, item: Any, *, deadline: float) -> asyncio.Future[Any]:
         if self._state is not LoadState.READY or self._obj is None:
             if self._state is LoadState.FAILED:
-                raise BackendUnavailable(f"the {self.target} is unavailable: {self._error}")
+                raise BackendUnavailable(UNAVAILABLE, internal=f"the {self.target}: {self._error}")
             if self._state is LoadState.STOPPED:
                 raise NotReadyError("the server is shutting down")
             raise NotReadyError(f"still looking up the {self.target}; retry shortly")
+        if len(self._calls) >= self.config.max_queue_size:
+            raise QueueFullError(
+                f"the queue is full ({self.config.max_queue_size} requests in flight); "
+                "retry shortly"
+            )
         payload = encode_request(item)
         loop = asyncio.get_running_loop()
         if self.spec.streaming:
@@ -172,19 +181,28 @@ class ModalBackend:
             future: asyncio.Future[Any] = loop.create_future()
             future.set_result(stream)
             return future
-        return self._track(loop.create_task(self._call(payload)))
+        return self._track(loop.create_task(self._call(payload, deadline)))
 
     def _track(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
         return task
 
-    async def _call(self, payload: dict[str, Any]) -> Any:
+    async def _call(self, payload: dict[str, Any], deadline: float) -> Any:
         method = getattr(self._obj, PREDICT_METHOD)
-        try:
-            wire = await method.remote.aio(payload)
-        except Exception as exc:
-            raise map_modal_error(exc, self) from exc
+        loop = asyncio.get_running_loop()
+        delay = FIRST_RESEND_DELAY
+        while True:
+            try:
+                wire = await method.remote.aio(payload)
+                break
+            except Exception as exc:
+                # Resend only what provably never reached Modal, and only within the deadline.
+                if not _never_sent(exc) or loop.time() + delay >= deadline:
+                    raise map_modal_error(exc, self) from exc
+                logger.info("%s; sending the request again in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, MAX_RESEND_DELAY)
         outcome = decode_outcome(self.spec.response_model, wire)
         if isinstance(outcome, ServingError):
             raise outcome
@@ -211,7 +229,7 @@ class ModalBackend:
     async def healthy(self) -> bool:
         return self._state is LoadState.READY
 
-    def stuck(self) -> str | None:
+    def restart_reason(self) -> tuple[str, str] | None:
         return None  # a stalled GPU container fails its own inputs and is replaced by Modal
 
     async def stop(self) -> None:
@@ -227,39 +245,71 @@ class ModalBackend:
                 await asyncio.wait(pending)
 
 
+UNAVAILABLE = "the model service is unavailable; retry later"
+
+
 def map_modal_error(exc: BaseException, backend: ModalBackend) -> ServingError:
-    """The ``ServingError`` the router answers for what a Modal call raised."""
+    """The ``ServingError`` the router answers for what a Modal call raised.
+
+    The client reads a short message; what Modal said, which app and class were called and
+    how to fix it go in ``internal``, for the server's log.
+    """
     from modal import exception as modal_errors
 
-    if isinstance(exc, ServingError):  # PredictError from the container, re-raised here
+    if isinstance(exc, ServingError):  # already the kit's (an envelope's error)
         return exc
-    name = f"{type(exc).__name__}: {exc}"
+    said = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, modal_errors.AuthError | modal_errors.PermissionDeniedError):
         return BackendUnavailable(
-            f"Modal did not accept this server's credentials ({name}); {CREDENTIALS_HELP}"
+            UNAVAILABLE,
+            internal=f"Modal did not accept this server's credentials ({said}); {CREDENTIALS_HELP}",
         )
     if isinstance(exc, modal_errors.NotFoundError):
         return BackendUnavailable(
-            f"Modal has no {backend.target} ({exc}); deploy it with `mfk deploy FILE.py`, or "
-            "pass app_name= / environment_name= to router(backend='modal', ...)"
+            UNAVAILABLE,
+            internal=f"Modal has no {backend.target} ({exc}); deploy it with `mfk deploy "
+            "FILE.py`, or pass app_name= / environment_name= to router(backend='modal', ...)",
         )
     if isinstance(exc, modal_errors.FunctionTimeoutError):
         return DeadlineExceeded(
-            f"the {backend.target} ran past its Modal timeout={backend.config.timeout}s"
+            "the model did not answer in time",
+            internal=f"the {backend.target} ran past its Modal timeout={backend.config.timeout}s",
         )
     if isinstance(exc, modal_errors.TimeoutError):
-        return DeadlineExceeded(f"Modal timed out ({name})")
-    if isinstance(
-        exc,
-        modal_errors.ConnectionError
-        | modal_errors.ServiceError
-        | modal_errors.ResourceExhaustedError
-        | modal_errors.ClientClosed
-        | OSError,
-    ):
-        return BackendUnavailable(f"cannot reach Modal ({name}); retry shortly")
+        return DeadlineExceeded("the model did not answer in time", internal=f"Modal: {said}")
+    if isinstance(exc, _unreachable()):
+        return BackendUnavailable(
+            "the model service cannot be reached; retry shortly",
+            internal=f"cannot reach Modal ({said})",
+        )
     if isinstance(exc, modal_errors.Error):
-        return UpstreamError(f"Modal failed to run the request on the {backend.target} ({name})")
-    error = PredictError(f"calling the {backend.target} raised {name}")
+        return UpstreamError(
+            "the model service failed to run the request; retry shortly",
+            internal=f"Modal failed to run the request on the {backend.target} ({said})",
+        )
+    error = PredictError(f"calling the {backend.target} raised {said}")
     error.__cause__ = exc
     return error
+
+
+def _unreachable() -> tuple[type[BaseException], ...]:
+    from modal import exception as modal_errors
+
+    return (
+        modal_errors.ConnectionError,
+        modal_errors.ServiceError,
+        modal_errors.ResourceExhaustedError,
+        modal_errors.ClientClosed,
+        OSError,
+    )
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether ``exc`` proves the input never reached Modal (so sending it again is safe):
+    the connection could not be made, or Modal refused it for load before taking it."""
+    from modal import exception as modal_errors
+
+    return isinstance(
+        exc,
+        modal_errors.ConnectionError | modal_errors.ResourceExhaustedError | ConnectionRefusedError,
+    )

@@ -48,7 +48,8 @@ def request_id(request: HTTPConnection) -> str:
 
 
 def public_error(error: BaseException, request_id: str) -> ServingError:
-    """The error a client may see for ``error``; a model failure is logged, not shown."""
+    """The error a client may see for ``error``: a model failure and any ``internal`` detail
+    are logged with the request id, never shown."""
     if not isinstance(error, ServingError):
         wrapped = PredictError(f"{type(error).__name__}: {error}")
         wrapped.__cause__ = error
@@ -56,6 +57,8 @@ def public_error(error: BaseException, request_id: str) -> ServingError:
     if isinstance(error, PredictError):
         logger.error("request %s failed: %s", request_id, error)
         return PredictError("predict failed; quote the request id when reporting it")
+    if error.internal is not None:
+        logger.warning("request %s: %s (%s)", request_id, error, error.internal)
     return error
 
 

@@ -44,8 +44,8 @@ class Probed(Protocol):
     @property
     def error(self) -> str | None: ...
 
-    def stuck(self) -> str | None:
-        """Why the process should be restarted (the model is stalled), or None."""
+    def restart_reason(self) -> tuple[str, str] | None:
+        """``(status, why)`` when this process should be restarted, else None."""
         ...
 
     async def healthy(self) -> bool: ...
@@ -72,11 +72,12 @@ async def readiness(request: Request, own: Probed) -> Response:
 
 
 async def liveness(request: Request, own: Probed) -> Response:
-    """200 while every service at this path can make progress; 503 when a model is stuck."""
+    """200 while every service at this path can make progress; 503 when one should be
+    restarted (its model is stuck, or failed to load for good)."""
     services = services_at(request, own, "healthz")
     states = {
-        s.service_name: ServiceHealth(status="stalled", detail=reason)
-        if (reason := s.stuck()) is not None
+        s.service_name: ServiceHealth(status=reason[0], detail=reason[1])
+        if (reason := s.restart_reason()) is not None
         else ServiceHealth(status="ok")
         for s in services
     }
@@ -86,12 +87,13 @@ async def liveness(request: Request, own: Probed) -> Response:
 async def _readiness_of(service: Probed) -> ServiceHealth:
     if await service.healthy():
         return ServiceHealth(status="ready")
-    if (reason := service.stuck()) is not None:
-        return ServiceHealth(status="stalled", detail=reason)
+    if (reason := service.restart_reason()) is not None:
+        return ServiceHealth(status=reason[0], detail=reason[1])
     state = service.state
     if state is LoadState.READY:
         return ServiceHealth(status="unhealthy")
-    detail = service.error if state is LoadState.FAILED else None
+    # What failed stays in the server's log: a probe is no place for paths or credentials.
+    detail = "the server's log says why" if state is LoadState.FAILED else None
     return ServiceHealth(status=state.value, detail=detail)
 
 
