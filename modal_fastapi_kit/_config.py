@@ -20,6 +20,7 @@ from ._errors import ConfigError
 __all__ = [
     "DEFAULT_CHUNK_TIMEOUT",
     "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_RETRY_POLICY",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_CONCURRENT_INPUTS",
     "DEFAULT_MAX_QUEUE_SIZE",
@@ -173,7 +174,7 @@ class ServiceConfig:
     memory: int | None = None
     timeout: int = DEFAULT_TIMEOUT
     startup_timeout: int | None = None
-    retries: int | RetryPolicy = 0
+    retries: int | RetryPolicy | Literal["auto"] = "auto"
     min_containers: int = 0
     max_containers: int | None = None
     buffer_containers: int | None = None
@@ -219,6 +220,14 @@ class ServiceConfig:
     @property
     def batched(self) -> bool:
         return self.max_batch_size > 1
+
+    @property
+    def retry_policy(self) -> int | RetryPolicy:
+        """The GPU class's retries: ``retries="auto"`` is ``DEFAULT_RETRY_POLICY`` in the split
+        topology and none when colocated (the class then serves only web requests)."""
+        if self.retries == "auto":
+            return DEFAULT_RETRY_POLICY if self.topology == "split" else 0
+        return self.retries
 
     @property
     def stall_seconds(self) -> float | None:
@@ -288,6 +297,14 @@ def _normalise(name: str, value: Any) -> Any:
 def _check(ok: bool, name: str, value: object, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{name}={value!r} is invalid: expected {expected}")
+
+
+# Inference is recomputable: an input whose container crashed (out of memory, a lost GPU) is
+# run again, twice at most, after 1 s then 2 s. A predict that raises is not retried: its
+# error is the item's answer (see _core/wire.py), and the same input would fail again.
+DEFAULT_RETRY_POLICY = RetryPolicy(
+    max_retries=2, backoff_coefficient=2.0, initial_delay=1.0, max_delay=10.0
+)
 
 
 def _is_int(value: object) -> bool:
@@ -479,12 +496,12 @@ def _validate_modal_function(c: ServiceConfig) -> None:
             c.startup_timeout,
             "seconds from 1 to 86400",
         )
-    if not isinstance(c.retries, RetryPolicy):
+    if not isinstance(c.retries, RetryPolicy) and c.retries != "auto":
         _check(
             _is_int(c.retries) and 0 <= c.retries <= 10,
             "retries",
             c.retries,
-            "an int from 0 to 10, or RetryPolicy(max_retries=..., ...)",
+            "'auto', an int from 0 to 10, or RetryPolicy(max_retries=..., ...)",
         )
     for opt in ("min_containers", "buffer_containers"):
         value = getattr(c, opt)

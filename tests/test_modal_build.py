@@ -564,3 +564,16 @@ async def _post(app: object, path: str, body: dict[str, int]) -> httpx.Response:
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
         return await client.post(path, json=body)
+
+
+def test_the_gpu_class_retries_crashed_inputs_by_default_and_not_when_told():
+    assert gpu_info(PlainHooks).max_retries == 2  # retries="auto", split: DEFAULT_RETRY_POLICY
+    assert gpu_info(Colocated, "mfk_web").max_retries is None  # colocated: web requests only
+    assert gpu_info(SplitSingle).max_retries == 2  # retries=2, as given
+    assert gpu_info(NoRetries).max_retries is None
+
+
+@gpu_service(name="no-retries", route="/double", retries=0)
+class NoRetries(ModelServer[NumIn, NumOut]):
+    def predict(self, item: NumIn) -> NumOut:
+        return NumOut(y=item.x)

@@ -91,7 +91,7 @@ def test_check_prints_the_example_deployment_read_back_from_modal():
         "@modal.batched: up to 32, wait 5 ms",
         "one batch at a time per container",
         "timeout           300s, startup 300s",
-        "retries           none",
+        "retries           2 (backoff x2, 1s to 10s)",
         "split: CPU web function -> GPU class",
         "Embedder_web (CPU, @modal.asgi_app)",
         "up to 256 inputs per container",

@@ -224,7 +224,7 @@ def _check_deployable(spec: ServiceSpec) -> None:
             f"{server_cls.__module__} already defines {web_name!r}; modal_fastapi_kit binds the "
             f"web function of {server_cls.__name__} to that name: rename yours"
         )
-    if config.topology == "colocated" and config.retries:
+    if config.topology == "colocated" and config.retry_policy:
         raise ConfigError(
             f"retries={config.retries!r} with topology='colocated': the GPU class then serves "
             "only web requests, which are not safe to retry (Modal rejects retries on web "
@@ -241,7 +241,7 @@ def _gpu_class_options(config: ServiceConfig, image: modal.Image) -> dict[str, A
         "memory": config.memory,
         "timeout": config.timeout,
         "startup_timeout": config.startup_timeout,
-        "retries": _retries(config.retries),
+        "retries": _retries(config.retry_policy),
         "min_containers": config.min_containers,
         "max_containers": config.max_containers,
         "buffer_containers": config.buffer_containers,

@@ -92,7 +92,7 @@ def describe(built: ModalDeployment) -> list[tuple[str, list[Row]]]:
             f"{_or_default(info.cpu, ' cores')} / {_or_default(info.memory_mib, ' MiB')}",
         ),
         ("timeout", f"{info.timeout}s, startup {info.startup_timeout}s"),
-        ("retries", _retries(info.max_retries, config.retries)),
+        ("retries", _retries(info.max_retries, config.retry_policy)),
         ("batching", _batching(built, info)),
         ("concurrency", _concurrency(info.concurrency_info, split and config.batched)),
         ("autoscaling*", _autoscaling(built)),
