@@ -21,6 +21,7 @@ from ._http.errors import ErrorBody as ErrorBody
 from ._http.origin_lock import OriginLock as OriginLock
 from ._http.origin_lock import apply_origin_lock as apply_origin_lock
 from ._http.router import ServiceRouter as ServiceRouter
+from ._metrics import metrics_registry as metrics_registry
 from ._server import ModelServer as ModelServer
 
 __version__ = "0.1.0"
@@ -48,4 +49,5 @@ __all__ = [
     "UpstreamError",
     "apply_origin_lock",
     "gpu_service",
+    "metrics_registry",
 ]

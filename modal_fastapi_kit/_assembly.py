@@ -9,11 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ._backends import Backend, BackendName, create_backend
 from ._core.spec import ServiceSpec
+from ._http.auth import ApiKeys, key_dependency
 from ._http.origin_lock import apply_origin_lock
+from ._http.route import KitRoute
 from ._http.router import ServiceRouter, build_router
+from ._metrics import metrics_registry
 
 __all__ = ["service_app", "service_router"]
 
@@ -29,8 +34,29 @@ def service_router(
 
 
 def service_app(spec: ServiceSpec, router: ServiceRouter) -> FastAPI:
-    """A FastAPI app serving ``router`` at the root, with ``/docs`` and the origin lock."""
-    app = FastAPI(title=spec.config.name, summary=(spec.server_cls.__doc__ or "").strip())
+    """A FastAPI app serving ``router`` at the root, with ``/docs``, ``/metrics`` (unless
+    ``metrics=False``; behind the API keys when auth is on, unless ``auth_metrics=False``) and
+    the origin lock."""
+    config = spec.config
+    app = FastAPI(title=config.name, summary=(spec.server_cls.__doc__ or "").strip())
     app.include_router(router)
-    apply_origin_lock(app, spec.config)
+    if config.metrics:
+        guarded = config.auth == "api-key" and config.auth_metrics
+        keys = [key_dependency(ApiKeys.from_environment(config))] if guarded else []
+        app.router.add_api_route(
+            "/metrics",
+            _metrics,
+            methods=["GET"],
+            name=f"{config.name}.metrics",
+            summary="Prometheus metrics",
+            tags=["metrics"],
+            dependencies=keys,
+            route_class_override=KitRoute,
+            response_class=PlainTextResponse,
+        )
+    apply_origin_lock(app, config)
     return app
+
+
+async def _metrics() -> Response:
+    return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -20,11 +20,11 @@ from ._errors import ConfigError
 __all__ = [
     "DEFAULT_CHUNK_TIMEOUT",
     "DEFAULT_MAX_BATCH_SIZE",
-    "DEFAULT_RETRY_POLICY",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_CONCURRENT_INPUTS",
     "DEFAULT_MAX_QUEUE_SIZE",
     "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_RETRY_POLICY",
     "DEFAULT_ROUTE",
     "DEFAULT_SCALEDOWN_WINDOW",
     "DEFAULT_TIMEOUT",
@@ -202,6 +202,9 @@ class ServiceConfig:
     api_keys_env: str = DEFAULT_API_KEYS_ENV
     api_keys_secret: str | None = None
     auth_readyz: bool = False
+    # -- observability ------------------------------------------------------------------------
+    metrics: bool = True
+    auth_metrics: bool = True
     # -- custom-domain edge (see OriginLock) -------------------------------------------------
     edge_secret_env: str | None = None
     public_hosts: tuple[str, ...] = ()
@@ -359,8 +362,9 @@ def _validate_auth(c: ServiceConfig) -> None:
             c.api_keys_secret,
             "the name of a Modal Secret that sets the keys variable, e.g. 'mfk-api-keys'",
         )
-    if c.auth_readyz not in (True, False):
-        raise ConfigError(f"auth_readyz={c.auth_readyz!r}: expected a bool")
+    for flag in ("auth_readyz", "metrics", "auth_metrics"):
+        if getattr(c, flag) not in (True, False):
+            raise ConfigError(f"{flag}={getattr(c, flag)!r}: expected a bool")
     if c.auth == "none" and (c.api_keys_secret is not None or c.auth_readyz):
         raise ConfigError(
             "api_keys_secret / auth_readyz are set but auth='none': add auth='api-key' to "

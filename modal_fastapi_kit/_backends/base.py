@@ -32,6 +32,11 @@ class Backend(Protocol):
         """Why loading failed, in one line, when ``state`` is ``FAILED``."""
         ...
 
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for the model (queued, or in flight to a remote one)."""
+        ...
+
     async def start(self) -> None:
         """Begin loading. Returns at once; ``state`` reports progress."""
 

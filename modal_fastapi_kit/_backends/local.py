@@ -8,9 +8,11 @@ from typing import Any
 
 from .._core.batcher import Batcher
 from .._core.hooks import LoadState, ModelRuntime
+from .._core.recorder import NO_RECORDER, Recorder
 from .._core.spec import ServiceSpec
 from .._core.streams import StreamBatch
 from .._errors import LoadFailed, ModelStalled, NotReadyError
+from .._metrics import metrics_for
 
 __all__ = ["LocalBackend"]
 
@@ -32,7 +34,12 @@ class LocalBackend:
     def __init__(self, spec: ServiceSpec, *, runtime: ModelRuntime | None = None) -> None:
         self.spec = spec
         self.config = spec.config
-        self.runtime = runtime if runtime is not None else ModelRuntime(spec)
+        self.recorder: Recorder = metrics_for(spec) if spec.config.metrics else NO_RECORDER
+        self.runtime = (
+            runtime if runtime is not None else ModelRuntime(spec, recorder=self.recorder)
+        )
+        if runtime is not None and spec.config.metrics:  # the container's: count its failures
+            runtime.recorder = self.recorder
         self._owns_runtime = runtime is None
         self._batcher: Batcher[Any] | None = None
         self._load_task: asyncio.Task[None] | None = None
@@ -62,6 +69,10 @@ class LocalBackend:
     @property
     def batcher(self) -> Batcher[Any] | None:
         return self._batcher
+
+    @property
+    def queue_depth(self) -> int:
+        return 0 if self._batcher is None else self._batcher.queue_size
 
     @property
     def load_seconds(self) -> float | None:
@@ -107,7 +118,7 @@ class LocalBackend:
             finally:
                 self._retrying = False
             delay = min(2 * delay, MAX_LOAD_RETRY_DELAY)
-            self.runtime = ModelRuntime(self.spec)
+            self.runtime = ModelRuntime(self.spec, recorder=self.recorder)
         self._serve()
 
     def _serve(self) -> None:
@@ -130,6 +141,7 @@ class LocalBackend:
             wait_ms=config.wait_ms,
             max_queue_size=config.max_queue_size,
             max_in_flight=in_flight,
+            recorder=self.recorder,
         )
         self._batcher.start()
         self.runtime.add_stall_listener(self._on_stall)

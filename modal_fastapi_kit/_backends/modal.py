@@ -112,6 +112,11 @@ class ModalBackend:
         return self._error
 
     @property
+    def queue_depth(self) -> int:
+        """Calls in flight to the GPU class."""
+        return len(self._calls)
+
+    @property
     def target(self) -> str:
         return f"class {self.class_name!r} of Modal app {self.app_name!r}"
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from .._errors import DeadlineExceeded, NotReadyError, PredictError, QueueFullError, ServingError
+from .recorder import NO_RECORDER, Recorder
 from .streams import ItemStream, StreamBatch
 
 __all__ = ["Batcher", "RunBatch"]
@@ -64,6 +66,7 @@ class _Pending(Generic[In]):
         if self.queued:
             self.queued = False
             self.batcher._live -= 1
+            self.batcher.recorder.withdrawn()
 
 
 class Batcher(Generic[In]):
@@ -82,8 +85,10 @@ class Batcher(Generic[In]):
         wait_ms: float,
         max_queue_size: int,
         max_in_flight: int = 1,
+        recorder: Recorder = NO_RECORDER,
     ) -> None:
         self._run_batch = run_batch
+        self.recorder = recorder
         self.max_batch_size = max_batch_size
         self.wait_s = wait_ms / 1000.0
         self.max_queue_size = max_queue_size
@@ -220,12 +225,15 @@ class Batcher(Generic[In]):
                 pending.future.set_exception(
                     DeadlineExceeded("the request's deadline passed while it was queued")
                 )
+                self.recorder.withdrawn()
                 continue
+            self.recorder.waited(now - pending.enqueued)
             batch.append(pending)
         return batch
 
     async def _run(self, batch: list[_Pending[In]]) -> None:
         released = False
+        began = time.perf_counter()
         try:
             try:
                 outcomes = await self._run_batch([p.item for p in batch])
@@ -240,7 +248,9 @@ class Batcher(Generic[In]):
             if isinstance(outcomes, StreamBatch):
                 _deliver(batch, outcomes.streams)
                 await outcomes.done  # the generator holds the model until it is done
+                self.recorder.batch(len(batch), time.perf_counter() - began)
                 return
+            self.recorder.batch(len(batch), time.perf_counter() - began)
             if len(outcomes) != len(batch):
                 error = PredictError(
                     f"the batch returned {len(outcomes)} results for {len(batch)} items"

@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .._errors import ModelStalled, PredictError, ServingError, as_predict_error
+from .recorder import NO_RECORDER, Recorder
 from .spec import ServiceSpec
 from .streams import END, ItemStream, StreamBatch
 from .thread import InferenceThread
@@ -88,8 +89,10 @@ class ModelRuntime:
         *,
         instance: Any = None,
         on_stall: Callable[[ModelStalled], None] | None = None,
+        recorder: Recorder = NO_RECORDER,
     ) -> None:
         self.spec = spec
+        self.recorder = recorder
         self.config = spec.config
         self.instance = instance
         self.thread = InferenceThread(f"mfk-inference[{spec.name}]")
@@ -194,6 +197,17 @@ class ModelRuntime:
         return await self._run_batch(items)
 
     async def _run_batch(self, items: list[Any]) -> list[Outcome]:
+        outcomes = await self._answer(items)
+        failed: dict[str, int] = {}
+        for outcome in outcomes:
+            if isinstance(outcome, ServingError):
+                name = type(outcome).__name__
+                failed[name] = failed.get(name, 0) + 1
+        for name, count in failed.items():
+            self.recorder.failed(name, count)
+        return outcomes
+
+    async def _answer(self, items: list[Any]) -> list[Outcome]:
         try:
             return await self._outcomes(items)
         except _CountMismatch as exc:
@@ -332,6 +346,7 @@ class ModelRuntime:
                     if not isinstance(exc, ServingError):
                         self._log_failure(exc, len(streams))
                     error = as_predict_error(exc, self.spec.hook_label)
+                    self.recorder.failed(type(error).__name__, len(streams))
                     for stream in streams:
                         stream.finish(error)
                     return
@@ -363,8 +378,10 @@ class ModelRuntime:
             return
         outcome = self.coerce(chunk)
         if isinstance(outcome, ServingError):
+            self.recorder.failed(type(outcome).__name__, 1)
             stream.finish(outcome)
         else:
+            self.recorder.chunk()
             stream.put(outcome)
 
     async def _step(self, generator: Any) -> Any:

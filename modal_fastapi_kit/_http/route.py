@@ -20,8 +20,9 @@ Subclasses (the OpenAI-compatible routes) change only how an error is written.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -33,7 +34,15 @@ from starlette.types import Message
 from .._errors import ServingError
 from .errors import REQUEST_ID_HEADER, error_response, request_id
 
-__all__ = ["BodyTooLarge", "KitRoute", "UnreadableBody", "limit_body", "validation_errors"]
+__all__ = [
+    "BodyTooLarge",
+    "KitRoute",
+    "RequestCounter",
+    "UnreadableBody",
+    "count_requests",
+    "limit_body",
+    "validation_errors",
+]
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -44,8 +53,18 @@ class KitRoute(APIRoute):
     def get_route_handler(self) -> Handler:
         handle = super().get_route_handler()
         limit: int | None = getattr(self.endpoint, _LIMIT_ATTR, None)
+        counter: RequestCounter | None = getattr(self.endpoint, _COUNTER_ATTR, None)
+        path = self.path
 
         async def handler(request: Request) -> Response:
+            if counter is None:
+                return await answer(request)
+            began = time.perf_counter()
+            response = await answer(request)
+            counter.request(path, response.status_code, time.perf_counter() - began)
+            return response
+
+        async def answer(request: Request) -> Response:
             try:
                 if limit is not None:
                     request = _limited(request, limit)
@@ -75,6 +94,15 @@ def limit_body(endpoint: Callable[..., Any], max_bytes: int) -> None:
     setattr(endpoint, _LIMIT_ATTR, max_bytes)
 
 
+class RequestCounter(Protocol):
+    def request(self, route: str, status: int, seconds: float) -> None: ...
+
+
+def count_requests(endpoint: Callable[..., Any], counter: RequestCounter | None) -> None:
+    """Make a ``KitRoute`` report each answer of ``endpoint`` (its status, how long)."""
+    setattr(endpoint, _COUNTER_ATTR, counter)
+
+
 class BodyTooLarge(ServingError):
     status_code = 413
 
@@ -84,6 +112,7 @@ class UnreadableBody(ServingError):
 
 
 _LIMIT_ATTR = "__mfk_max_body__"
+_COUNTER_ATTR = "__mfk_requests__"
 
 
 def _limited(request: Request, limit: int) -> Request:

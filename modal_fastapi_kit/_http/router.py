@@ -34,10 +34,11 @@ from .._backends.base import Backend
 from .._core.spec import RouteNames, ServiceSpec
 from .._core.streams import ItemStream
 from .._errors import DeadlineExceeded
+from .._metrics import metrics_for, watch
 from .auth import ApiKeys, key_dependency
 from .errors import REQUEST_ID_HEADER, ErrorBody, failure_response, request_id
 from .health import HealthBody, liveness, readiness, register_service
-from .route import KitRoute, limit_body
+from .route import KitRoute, count_requests, limit_body
 from .streaming import SSE_TYPE, StreamResponse, chunk_responses, wants_ndjson
 from .waiting import ClientGone, outcomes, wait_for_disconnect
 
@@ -48,6 +49,7 @@ __all__ = [
     "build_router",
     "first_chunk",
     "late_error",
+    "prepare_endpoint",
 ]
 
 _JSON = "application/json"
@@ -103,6 +105,8 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
     async def lifespan(app: Any) -> AsyncIterator[None]:
         for names in routes:
             register_service(app, backend, names)
+        if config.metrics:
+            watch(config.name, backend)
         await backend.start()
         try:
             yield
@@ -158,7 +162,7 @@ class PredictApi:
             "response_class": _EventStream,
             "responses": {**_ERROR_RESPONSES, **chunk_responses(spec.response_model)},
         }
-        limit_body(predict, config.max_body_bytes)
+        prepare_endpoint(predict, spec)
         router.add_api_route(
             config.route,
             predict,
@@ -244,6 +248,13 @@ async def first_chunk(
     if stream.closed:
         raise ClientGone
     return stream, first
+
+
+def prepare_endpoint(endpoint: Any, spec: ServiceSpec) -> None:
+    """What ``KitRoute`` does around an endpoint of ``spec``'s API: refuse bodies over
+    ``max_body_bytes``, and count each answer in the service's metrics."""
+    limit_body(endpoint, spec.config.max_body_bytes)
+    count_requests(endpoint, metrics_for(spec) if spec.config.metrics else None)
 
 
 def late_error(what: str, option: str, seconds: float) -> DeadlineExceeded:

@@ -37,8 +37,7 @@ from starlette.types import Receive, Scope, Send
 from .._core.spec import Api, RouteNames, ServiceSpec
 from .._core.streams import ItemStream
 from .._http.errors import REQUEST_ID_HEADER, request_id
-from .._http.route import limit_body
-from .._http.router import first_chunk, late_error
+from .._http.router import first_chunk, late_error, prepare_endpoint
 from .._http.streaming import SSE_TYPE, close_on_disconnect
 from .._http.waiting import ClientGone
 from .._server import ModelServer
@@ -283,7 +282,7 @@ class ChatApi:
             return JSONResponse(frame.completion(answer), headers={REQUEST_ID_HEADER: rid})
 
         name = f"{config.name}.chat"
-        limit_body(completions, config.max_body_bytes)
+        prepare_endpoint(completions, spec)
         router.add_api_route(
             "/v1/chat/completions",
             completions,

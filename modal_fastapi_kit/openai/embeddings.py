@@ -32,8 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._core.spec import Api, RouteNames, ServiceSpec
 from .._http.errors import REQUEST_ID_HEADER, request_id
-from .._http.route import limit_body
-from .._http.router import late_error
+from .._http.router import late_error, prepare_endpoint
 from .._http.waiting import ClientGone, outcomes
 from .._server import ModelServer
 from ._errors import OpenAIError, OpenAIRoute, RequestError, openai_error_response
@@ -196,7 +195,7 @@ class EmbeddingsApi:
             )
 
         name = f"{spec.config.name}.embeddings"
-        limit_body(embeddings, spec.config.max_body_bytes)
+        prepare_endpoint(embeddings, spec)
         router.add_api_route(
             "/v1/embeddings",
             embeddings,

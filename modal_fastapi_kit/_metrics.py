@@ -1,0 +1,164 @@
+"""Prometheus metrics, on ``prometheus-client``, in the kit's own registry.
+
+Every series carries the service's name (``service``), so several services in one process
+stay apart. What is measured:
+
+=====================================  =================================================
+``mfk_requests_total``                 requests answered, by ``route`` and ``status``
+``mfk_request_duration_seconds``       time to the answer (to its first chunk for a stream)
+``mfk_queue_wait_seconds``             time an item waited for its batch
+``mfk_batch_size``                     items per batch run
+``mfk_batch_duration_seconds``         time a batch took the model
+``mfk_queue_depth``                    items waiting now (calls in flight, for the web tier)
+``mfk_items_withdrawn_total``          items whose client left or gave up before their batch
+``mfk_items_failed_total``             items answered with an error, by ``error`` class
+``mfk_model_state``                    1 for the state the service is in (``state`` label)
+``mfk_stream_chunks_total``            chunks handed to streams
+=====================================  =================================================
+
+Apps the kit builds serve them at ``/metrics``; in your own app, mount
+``prometheus_client.make_asgi_app(registry=metrics_registry)`` (see docs/production.md).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ._core.hooks import LoadState
+from ._core.spec import ServiceSpec
+
+__all__ = ["ServiceMetrics", "metrics_for", "metrics_registry", "watch"]
+
+metrics_registry = CollectorRegistry(auto_describe=True)
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 150)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
+
+_REQUESTS = Counter(
+    "mfk_requests",
+    "Requests answered by the service's routes",
+    ["service", "route", "status"],
+    registry=metrics_registry,
+)
+_REQUEST_SECONDS = Histogram(
+    "mfk_request_duration_seconds",
+    "Seconds from the request to its answer (to the first chunk, for a stream)",
+    ["service", "route"],
+    buckets=_LATENCY,
+    registry=metrics_registry,
+)
+_QUEUE_WAIT = Histogram(
+    "mfk_queue_wait_seconds",
+    "Seconds an item waited in the queue for its batch",
+    ["service"],
+    buckets=(0.001, 0.0025, *_LATENCY),
+    registry=metrics_registry,
+)
+_BATCH_SIZE = Histogram(
+    "mfk_batch_size", "Items per batch", ["service"], buckets=_SIZES, registry=metrics_registry
+)
+_BATCH_SECONDS = Histogram(
+    "mfk_batch_duration_seconds",
+    "Seconds a batch took the model",
+    ["service"],
+    buckets=(0.001, 0.0025, *_LATENCY),
+    registry=metrics_registry,
+)
+_WITHDRAWN = Counter(
+    "mfk_items_withdrawn",
+    "Items that left the queue uncomputed: their client left or gave up",
+    ["service"],
+    registry=metrics_registry,
+)
+_FAILED = Counter(
+    "mfk_items_failed",
+    "Items answered with an error, by error class",
+    ["service", "error"],
+    registry=metrics_registry,
+)
+_CHUNKS = Counter(
+    "mfk_stream_chunks", "Chunks handed to streams", ["service"], registry=metrics_registry
+)
+
+
+class ServiceMetrics:
+    """One service's series; the core's ``Recorder`` and the routes' request counter."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._queue_wait = _QUEUE_WAIT.labels(service)
+        self._batch_size = _BATCH_SIZE.labels(service)
+        self._batch_seconds = _BATCH_SECONDS.labels(service)
+        self._withdrawn = _WITHDRAWN.labels(service)
+        self._chunks = _CHUNKS.labels(service)
+
+    def request(self, route: str, status: int, seconds: float) -> None:
+        _REQUESTS.labels(self.service, route, str(status)).inc()
+        _REQUEST_SECONDS.labels(self.service, route).observe(seconds)
+
+    def batch(self, size: int, seconds: float) -> None:
+        self._batch_size.observe(size)
+        self._batch_seconds.observe(seconds)
+
+    def waited(self, seconds: float) -> None:
+        self._queue_wait.observe(seconds)
+
+    def withdrawn(self) -> None:
+        self._withdrawn.inc()
+
+    def failed(self, error: str, count: int) -> None:
+        _FAILED.labels(self.service, error).inc(count)
+
+    def chunk(self) -> None:
+        self._chunks.inc()
+
+
+_BY_SERVICE: dict[str, ServiceMetrics] = {}
+
+
+def metrics_for(spec: ServiceSpec) -> ServiceMetrics:
+    """The series of ``spec``'s service (by its ``name``), made once per process."""
+    name = spec.config.name
+    if name not in _BY_SERVICE:
+        _BY_SERVICE[name] = ServiceMetrics(name)
+    return _BY_SERVICE[name]
+
+
+class _Live(Collector):
+    """``mfk_queue_depth`` and ``mfk_model_state``, read from the live backends at scrape."""
+
+    def __init__(self) -> None:
+        self._backends: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+    def watch(self, service: str, backend: Any) -> None:
+        self._backends[service] = backend
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "mfk_queue_depth", "Items waiting in the queue now", labels=["service"]
+        )
+        state = GaugeMetricFamily(
+            "mfk_model_state", "1 for the state the service is in", labels=["service", "state"]
+        )
+        for service, backend in list(self._backends.items()):
+            depth.add_metric([service], backend.queue_depth)
+            current = backend.state
+            for each in LoadState:
+                state.add_metric([service, each.value], 1.0 if each is current else 0.0)
+        yield depth
+        yield state
+
+
+_LIVE = _Live()
+metrics_registry.register(_LIVE)
+
+
+def watch(service: str, backend: Any) -> None:
+    """Report ``backend``'s queue depth and state under ``service`` (the latest one wins)."""
+    _LIVE.watch(service, backend)
