@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -31,7 +31,12 @@ class Process:
     """A child process whose output is collected in the background."""
 
     def __init__(
-        self, args: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.args = args
         self.proc = subprocess.Popen(
@@ -42,6 +47,7 @@ class Process:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=preexec,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -85,9 +91,13 @@ class Process:
 
 @contextlib.contextmanager
 def running(
-    args: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    preexec: Callable[[], None] | None = None,
 ) -> Iterator[Process]:
-    process = Process(args, env=env, cwd=cwd)
+    process = Process(args, env=env, cwd=cwd, preexec=preexec)
     try:
         yield process
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -60,3 +61,69 @@ def test_sigterm_after_the_watchdog_found_the_hang_ends_at_once():
     assert statuses == [503]  # answered when the stall was found, not at request_timeout=20
     assert took < 3.0, output
     assert "past stall_timeout=1s" in output
+
+
+def test_sigterm_drains_the_request_in_flight_then_exits_0():
+    port = free_port()
+    args = [str(BIN / "mfk"), "serve", "tests/services/stuck.py:Slow", "--port", str(port)]
+    with running(args) as server:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base)
+        answers: list[httpx.Response] = []
+        request = threading.Thread(
+            target=lambda: answers.append(httpx.post(f"{base}/stuck", json={"x": 4}, timeout=30))
+        )
+        request.start()
+        time.sleep(0.3)  # on the model now
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        assert server.proc.wait(30) == 0, server.output
+        request.join(10)
+    assert answers[0].json() == {"y": 4}  # answered before the process ended
+
+
+def test_it_runs_on_uvloop_and_logs_each_request_as_json():
+    port = free_port()
+    args = [str(BIN / "mfk"), "serve", "tests/services/loopy.py", "--port", str(port)]
+    with running([*args, "--access-log", "--log-format", "json"]) as server:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base)
+        answer = httpx.post(f"{base}/loop", json={"x": 1}, headers={"x-request-id": "r-9"})
+        assert answer.json() == {"loop": "uvloop.Loop"}
+        line = server.wait_for_line(r'"logger": "modal_fastapi_kit.access"', timeout=5)
+    record = json.loads(line.string)
+    assert record["method"] == "POST" and record["route"] == "/loop"
+    assert record["status"] == 200 and record["request_id"] == "r-9"
+    assert record["batch_size"] == 1 and record["model_ms"] >= 0 and record["queue_ms"] >= 0
+
+
+def test_a_thousand_half_sent_requests_leave_healthz_answering():
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2400:
+        pytest.skip(f"the hard open-file limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2400), hard))  # this test's sockets
+
+    def like_a_default_shell() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # mfk serve raises it
+
+    port = free_port()
+    args = [str(BIN / "mfk"), "serve", "tests/services/loopy.py", "--port", str(port)]
+    held: list[socket.socket] = []
+    with running(args, preexec=like_a_default_shell) as server:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base)
+        try:
+            for _ in range(1100):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.sendall(b"POST /loop HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n")
+                held.append(sock)
+            for _ in range(5):
+                assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+                assert httpx.post(f"{base}/loop", json={"x": 1}, timeout=5).status_code == 200
+                time.sleep(0.2)
+        finally:
+            for sock in held:
+                sock.close()
+        assert len(server.output) < 20_000, server.output[-2000:]

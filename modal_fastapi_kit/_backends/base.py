@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, Protocol
 
 from .._core.hooks import LoadState
+from .._core.recorder import Trace
 from .._core.spec import ServiceSpec
 
 __all__ = ["Backend", "LoadState"]
@@ -43,8 +44,11 @@ class Backend(Protocol):
     async def stop(self) -> None:
         """Drain in-flight work, then release the model."""
 
-    def submit(self, item: Any, *, deadline: float) -> asyncio.Future[Any]:
-        """Queue one validated request; ``deadline`` is on the event loop's clock.
+    def submit(
+        self, item: Any, *, deadline: float, trace: Trace | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue one validated request; ``deadline`` is on the event loop's clock; ``trace``
+        (when given) learns where the request's time goes.
 
         The future resolves to the response model, or to an ``ItemStream`` for a streaming
         service, or fails with the ``ServingError`` for this request. Raises a

@@ -8,7 +8,7 @@ from typing import Any
 
 from .._core.batcher import Batcher
 from .._core.hooks import LoadState, ModelRuntime
-from .._core.recorder import NO_RECORDER, Recorder
+from .._core.recorder import NO_RECORDER, Recorder, Trace
 from .._core.spec import ServiceSpec
 from .._core.streams import StreamBatch
 from .._errors import LoadFailed, ModelStalled, NotReadyError
@@ -150,7 +150,9 @@ class LocalBackend:
         if self._batcher is not None:
             self._batcher.fail_queued(error)
 
-    def submit(self, item: Any, *, deadline: float) -> asyncio.Future[Any]:
+    def submit(
+        self, item: Any, *, deadline: float, trace: Trace | None = None
+    ) -> asyncio.Future[Any]:
         batcher = self._batcher
         if batcher is None or self._stopped or self.runtime.state is not LoadState.READY:
             if self.state is LoadState.FAILED:
@@ -158,7 +160,7 @@ class LocalBackend:
             raise NotReadyError(self._not_ready_reason())
         if self.runtime.stalled is not None:
             raise self.runtime.stalled
-        return batcher.submit(item, deadline=deadline)
+        return batcher.submit(item, deadline=deadline, trace=trace)
 
     def _not_ready_reason(self) -> str:
         state = self.state

@@ -34,6 +34,7 @@ import logging
 from typing import Any
 
 from .._core.hooks import LoadState
+from .._core.recorder import Trace
 from .._core.spec import ServiceSpec
 from .._core.streams import ItemStream
 from .._core.wire import (
@@ -165,7 +166,9 @@ class ModalBackend:
             logger.info("found the %s", self.target)
             return
 
-    def submit(self, item: Any, *, deadline: float) -> asyncio.Future[Any]:
+    def submit(
+        self, item: Any, *, deadline: float, trace: Trace | None = None
+    ) -> asyncio.Future[Any]:
         if self._state is not LoadState.READY or self._obj is None:
             if self._state is LoadState.FAILED:
                 raise BackendUnavailable(UNAVAILABLE, internal=f"the {self.target}: {self._error}")
@@ -186,20 +189,23 @@ class ModalBackend:
             future: asyncio.Future[Any] = loop.create_future()
             future.set_result(stream)
             return future
-        return self._track(loop.create_task(self._call(payload, deadline)))
+        return self._track(loop.create_task(self._call(payload, deadline, trace)))
 
     def _track(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
         return task
 
-    async def _call(self, payload: dict[str, Any], deadline: float) -> Any:
+    async def _call(self, payload: dict[str, Any], deadline: float, trace: Trace | None) -> Any:
         method = getattr(self._obj, PREDICT_METHOD)
         loop = asyncio.get_running_loop()
         delay = FIRST_RESEND_DELAY
         while True:
             try:
+                began = loop.time()
                 wire = await method.remote.aio(payload)
+                if trace is not None:  # the GPU class's batch is Modal's: only its time shows
+                    trace.model_seconds = loop.time() - began
                 break
             except Exception as exc:
                 # Resend only what provably never reached Modal, and only within the deadline.

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from .._errors import DeadlineExceeded, NotReadyError, PredictError, QueueFullError, ServingError
-from .recorder import NO_RECORDER, Recorder
+from .recorder import NO_RECORDER, Recorder, Trace
 from .streams import ItemStream, StreamBatch
 
 __all__ = ["Batcher", "RunBatch"]
@@ -44,7 +44,7 @@ RunBatch = Callable[[list[In]], Awaitable["Sequence[Any] | StreamBatch"]]
 
 
 class _Pending(Generic[In]):
-    __slots__ = ("batcher", "deadline", "enqueued", "future", "item", "queued")
+    __slots__ = ("batcher", "deadline", "enqueued", "future", "item", "queued", "trace")
 
     def __init__(
         self,
@@ -53,8 +53,10 @@ class _Pending(Generic[In]):
         future: asyncio.Future[Any],
         now: float,
         deadline: float,
+        trace: Trace | None,
     ) -> None:
         self.batcher = batcher
+        self.trace = trace
         self.item = item
         self.future = future
         self.enqueued = now
@@ -148,7 +150,9 @@ class Batcher(Generic[In]):
 
     # -- submitting ---------------------------------------------------------------------------
 
-    def submit(self, item: In, *, deadline: float) -> asyncio.Future[Any]:
+    def submit(
+        self, item: In, *, deadline: float, trace: Trace | None = None
+    ) -> asyncio.Future[Any]:
         """Queue ``item``; the returned future resolves to its outcome.
 
         ``deadline`` is on the event loop's clock (``loop.time()``). Cancel the future to
@@ -162,7 +166,7 @@ class Batcher(Generic[In]):
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        pending = _Pending(self, item, future, loop.time(), deadline)
+        pending = _Pending(self, item, future, loop.time(), deadline, trace)
         future.add_done_callback(pending.withdrawn)
         self._live += 1
         queue = self._queue
@@ -228,6 +232,8 @@ class Batcher(Generic[In]):
                 self.recorder.withdrawn()
                 continue
             self.recorder.waited(now - pending.enqueued)
+            if pending.trace is not None:
+                pending.trace.queued(now - pending.enqueued)
             batch.append(pending)
         return batch
 
@@ -248,9 +254,9 @@ class Batcher(Generic[In]):
             if isinstance(outcomes, StreamBatch):
                 _deliver(batch, outcomes.streams)
                 await outcomes.done  # the generator holds the model until it is done
-                self.recorder.batch(len(batch), time.perf_counter() - began)
+                self._ran(batch, time.perf_counter() - began)
                 return
-            self.recorder.batch(len(batch), time.perf_counter() - began)
+            self._ran(batch, time.perf_counter() - began)
             if len(outcomes) != len(batch):
                 error = PredictError(
                     f"the batch returned {len(outcomes)} results for {len(batch)} items"
@@ -269,6 +275,12 @@ class Batcher(Generic[In]):
             self.batches_run += 1
             if not released:
                 self._slots.release()
+
+    def _ran(self, batch: list[_Pending[In]], seconds: float) -> None:
+        self.recorder.batch(len(batch), seconds)
+        for pending in batch:
+            if pending.trace is not None:
+                pending.trace.ran(len(batch), seconds)
 
 
 def _left(loop: asyncio.AbstractEventLoop, ends: float | None) -> float | None:

@@ -1,12 +1,33 @@
-"""``Recorder``: what the core reports as it works (batch sizes, queue waits, failures), so a
-metrics backend can count it without the core knowing which. ``NO_RECORDER`` counts nothing.
+"""What the core reports as it works, without knowing who listens:
+
+- ``Recorder``: batch sizes, queue waits, failures, for a metrics backend (``NO_RECORDER``
+  counts nothing);
+- ``Trace``: one request's path through the core (time in queue, its batch's size and run
+  time), for its access-log line.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["NO_RECORDER", "Recorder"]
+__all__ = ["NO_RECORDER", "Recorder", "Trace"]
+
+
+@dataclass(slots=True)
+class Trace:
+    """Where one request's time went (for a request of several items: its slowest item)."""
+
+    queue_seconds: float | None = None
+    batch_size: int | None = None
+    model_seconds: float | None = None
+
+    def queued(self, seconds: float) -> None:
+        self.queue_seconds = max(seconds, self.queue_seconds or 0.0)
+
+    def ran(self, size: int, seconds: float) -> None:
+        self.batch_size = max(size, self.batch_size or 0)
+        self.model_seconds = max(seconds, self.model_seconds or 0.0)
 
 
 class Recorder(Protocol):

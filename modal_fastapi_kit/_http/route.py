@@ -20,6 +20,7 @@ Subclasses (the OpenAI-compatible routes) change only how an error is written.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -31,8 +32,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import Message
 
+from .._core.recorder import Trace
 from .._errors import ServingError
 from .errors import REQUEST_ID_HEADER, error_response, request_id
+from .waiting import TRACE_KEY
 
 __all__ = [
     "BodyTooLarge",
@@ -53,15 +56,24 @@ class KitRoute(APIRoute):
     def get_route_handler(self) -> Handler:
         handle = super().get_route_handler()
         limit: int | None = getattr(self.endpoint, _LIMIT_ATTR, None)
+        observed = hasattr(self.endpoint, _COUNTER_ATTR)
         counter: RequestCounter | None = getattr(self.endpoint, _COUNTER_ATTR, None)
         path = self.path
 
         async def handler(request: Request) -> Response:
-            if counter is None:
+            logged = observed and access_log.isEnabledFor(logging.INFO)
+            if counter is None and not logged:
                 return await answer(request)
             began = time.perf_counter()
+            trace = None
+            if logged:
+                trace = request.scope[TRACE_KEY] = Trace()
             response = await answer(request)
-            counter.request(path, response.status_code, time.perf_counter() - began)
+            seconds = time.perf_counter() - began
+            if counter is not None:
+                counter.request(path, response.status_code, seconds)
+            if trace is not None:
+                _log_access(request, path, response, seconds, trace)
             return response
 
         async def answer(request: Request) -> Response:
@@ -99,8 +111,41 @@ class RequestCounter(Protocol):
 
 
 def count_requests(endpoint: Callable[..., Any], counter: RequestCounter | None) -> None:
-    """Make a ``KitRoute`` report each answer of ``endpoint`` (its status, how long)."""
+    """Make a ``KitRoute`` report each answer of ``endpoint`` (its status, how long) to
+    ``counter`` (metrics) and, when the ``modal_fastapi_kit.access`` logger logs INFO, as an
+    access-log line."""
     setattr(endpoint, _COUNTER_ATTR, counter)
+
+
+def _log_access(
+    request: Request, route: str, response: Response, seconds: float, trace: Trace
+) -> None:
+    fields: dict[str, Any] = {
+        "method": request.method,
+        "route": route,
+        "status": response.status_code,
+        "request_id": response.headers.get(REQUEST_ID_HEADER),
+        "ms": round(1000 * seconds, 2),
+        "queue_ms": _ms(trace.queue_seconds),
+        "batch_size": trace.batch_size,
+        "model_ms": _ms(trace.model_seconds),
+    }
+    access_log.info(
+        "%s %s %s %.1f ms rid=%s queue=%s batch=%s model=%s",
+        fields["method"],
+        route,
+        fields["status"],
+        fields["ms"],
+        fields["request_id"],
+        "-" if fields["queue_ms"] is None else f"{fields['queue_ms']} ms",
+        "-" if trace.batch_size is None else trace.batch_size,
+        "-" if fields["model_ms"] is None else f"{fields['model_ms']} ms",
+        extra={"access": fields},
+    )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1000 * seconds, 2)
 
 
 class BodyTooLarge(ServingError):
@@ -110,6 +155,10 @@ class BodyTooLarge(ServingError):
 class UnreadableBody(ServingError):
     status_code = 400
 
+
+# One line per API request: method, route, status, request id, time, time in queue, batch
+# size, model time; the record's ``access`` attribute holds them as a dict (for JSON logs).
+access_log = logging.getLogger("modal_fastapi_kit.access")
 
 _LIMIT_ATTR = "__mfk_max_body__"
 _COUNTER_ATTR = "__mfk_requests__"

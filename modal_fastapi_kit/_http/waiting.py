@@ -16,9 +16,12 @@ from starlette.requests import Request
 from starlette.types import Receive
 
 from .._backends.base import Backend
+from .._core.recorder import Trace
 from .._errors import DeadlineExceeded
 
-__all__ = ["ClientGone", "outcomes", "wait_for_disconnect"]
+__all__ = ["TRACE_KEY", "ClientGone", "outcomes", "wait_for_disconnect"]
+
+TRACE_KEY = "mfk.trace"  # the request's Trace in its ASGI scope, when it is access-logged
 
 
 class ClientGone(Exception):
@@ -38,9 +41,10 @@ async def outcomes(
     the deadline, or the first item's failure; in every case the other items are withdrawn.
     """
     futures: list[asyncio.Future[Any]] = []
+    trace: Trace | None = request.scope.get(TRACE_KEY)
     try:
         for item in items:
-            futures.append(backend.submit(item, deadline=deadline))
+            futures.append(backend.submit(item, deadline=deadline, trace=trace))
     except BaseException:
         _cancel(futures)
         raise

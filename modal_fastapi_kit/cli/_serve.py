@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import math
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -18,6 +18,13 @@ from .._backends import Backend, LoadState
 from .._core.spec import service_spec
 from .._heap import freeze_loaded_heap
 from ._loading import load_service
+from ._process import (
+    RESERVED_FILES,
+    Server,
+    configure_logging,
+    raise_open_files_limit,
+    run_on_best_loop,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -37,7 +44,8 @@ def add_parser(subparsers: Any) -> None:
         "serve",
         help="serve a ModelServer locally on uvicorn",
         description="Serve a @gpu_service class locally, with the same router and batching "
-        "as on Modal.",
+        "as on Modal. It runs on uvloop and httptools when installed; what it does not defend "
+        "against (slow clients) is in docs/production.md.",
     )
     parser.add_argument("target", metavar="FILE.py[:Class]", help="file holding the class")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -47,33 +55,73 @@ def add_parser(subparsers: Any) -> None:
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
     )
-    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="one line per API request: method, route, status, request id, time in queue, "
+        "batch size, model time",
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="the kit's log lines"
+    )
+    parser.add_argument(
+        "--limit-concurrency",
+        type=int,
+        help="connections and requests at once before answering 503 (default: the open-file "
+        f"limit, raised to its maximum, less {RESERVED_FILES})",
+    )
+    parser.add_argument(
+        "--timeout-keep-alive",
+        type=int,
+        default=5,
+        help="seconds an idle keep-alive connection stays open (default 5)",
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=2048, help="connections waiting to be accepted"
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        type=int,
+        help="refuse request headers over this size (uses the h11 parser, which has this "
+        "limit; httptools has none)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
-    _log_to_stderr(args.log_level)
+    configure_logging(args.log_level, access=args.access_log, as_json=args.log_format == "json")
+    files = raise_open_files_limit()
     spec = service_spec(load_service(args.target))
     router = service_router(spec)
-    server = uvicorn.Server(
+    header_limit: dict[str, Any] = {}
+    if args.max_header_bytes is not None:
+        header_limit = {"http": "h11", "h11_max_incomplete_event_size": args.max_header_bytes}
+    server = Server(
         uvicorn.Config(
             service_app(spec, router),
             host=args.host,
             port=args.port,
             log_level=args.log_level,
-            access_log=args.access_log,
+            access_log=False,  # the kit's --access-log says more (queue, batch, model times)
             lifespan="on",
             # A request never waits past its deadline; a stream or a stuck connection that
             # outlives it is cut, so SIGTERM ends the process in bounded time.
             timeout_graceful_shutdown=math.ceil(spec.config.request_timeout) + SHUTDOWN_GRACE,
+            limit_concurrency=args.limit_concurrency or files.connection_limit(),
+            timeout_keep_alive=args.timeout_keep_alive,
+            backlog=args.backlog,
+            **header_limit,
         )
     )
-    return asyncio.run(_serve(server, router.backend, spec.name))
+    code = run_on_best_loop(_serve(server, router.backend, spec.name))
+    if signal.SIGINT in server.signals:
+        raise KeyboardInterrupt  # Ctrl-C: the CLI exits 130, as a shell expects
+    return code
 
 
-async def _serve(server: uvicorn.Server, backend: Backend, name: str) -> int:
+async def _serve(server: Server, backend: Backend, name: str) -> int:
     watcher = asyncio.create_task(_report_progress(server, backend, name))
     try:
         await server.serve()
@@ -110,18 +158,6 @@ async def _report_progress(server: uvicorn.Server, backend: Backend, name: str) 
     _say(f"error: {backend.error or 'the model did not load'}; stopping")
     server.should_exit = True
     return False
-
-
-def _log_to_stderr(level: str) -> None:
-    """The kit's own log lines (a stalled model, a failed item, with --log-level debug each
-    batch's size), on stderr like uvicorn's. This process is ours to configure."""
-    kit = logging.getLogger("modal_fastapi_kit")
-    if not kit.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
-        kit.addHandler(handler)
-    kit.setLevel(level.upper())
-    kit.propagate = False
 
 
 def _url(server: uvicorn.Server) -> str:

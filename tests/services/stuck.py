@@ -27,3 +27,12 @@ class Stuck(ModelServer[In, Out]):
 @gpu_service(name="stuck-noticed", route="/stuck", request_timeout=20, stall_timeout=1)
 class StuckNoticed(Stuck):
     """The same hang, found by the watchdog after one second."""
+
+
+@gpu_service(name="slow", route="/stuck", request_timeout=10)
+class Slow(ModelServer[In, Out]):
+    """One second per answer: a request in flight when the server is told to stop."""
+
+    def predict(self, item: In) -> Out:
+        time.sleep(1)
+        return Out(y=item.x)
