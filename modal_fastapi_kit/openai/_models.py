@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from .._core.spec import ServiceSpec
 from .._http.health import services_at
-from ._errors import OpenAIError, RequestError
+from ._errors import OpenAIError, OpenAIRoute, RequestError
 
 __all__ = ["ModelCard", "ModelList", "add_model_routes", "check_model", "model_id"]
 
@@ -87,6 +87,7 @@ def add_model_routes(
         tags=[spec.name],
         dependencies=dependencies,
         response_model=ModelList,
+        route_class_override=OpenAIRoute,
     )
     router.add_api_route(
         "/v1/models/{model:path}",
@@ -98,5 +99,6 @@ def add_model_routes(
         dependencies=dependencies,
         response_model=ModelCard,
         responses=errors,
+        route_class_override=OpenAIRoute,
     )
     return names
