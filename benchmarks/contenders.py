@@ -24,7 +24,7 @@ from typing import IO
 
 from benchmarks.load import BODY
 
-__all__ = ["CONTENDERS", "Contender", "Server", "free_port", "serving"]
+__all__ = ["CONTENDERS", "DEFAULT_CONTENDERS", "Contender", "Server", "free_port", "serving"]
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -75,12 +75,26 @@ def _mfk(port: int) -> list[str]:
     ]
 
 
+DEFAULT_CONTENDERS = ("plain", "litserve", "mfk")
+
+
+def _mfk_variant(name: str) -> Callable[[int], list[str]]:
+    def command(port: int) -> list[str]:
+        target = f"benchmarks/apps/embeddings_variants.py:{name}"
+        return [*_mfk(port)[:2], target, *_mfk(port)[3:]]
+
+    return command
+
+
 CONTENDERS: dict[str, Contender] = {
     c.key: c
     for c in (
         Contender("plain", "plain FastAPI", _uvicorn("benchmarks.apps.plain_fastapi:app")),
         Contender("litserve", "LitServe (batch 32)", _litserve, requires="litserve"),
         Contender("mfk", "mfk serve", _mfk),
+        # Not in the default run: what metrics and keys cost (apps/embeddings_variants.py).
+        Contender("mfk-bare", "mfk serve, no metrics", _mfk_variant("Bare")),
+        Contender("mfk-guarded", "mfk serve, keys + metrics", _mfk_variant("Guarded")),
     )
 }
 
@@ -109,9 +123,10 @@ class Server:
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
         """POST the benchmark's body until it is answered 200; return the seconds it took."""
         started = time.monotonic()
-        request = urllib.request.Request(
-            self.url, data=BODY.encode(), headers={"content-type": "application/json"}
-        )
+        headers = {"content-type": "application/json"}
+        if authorization := os.environ.get("BENCH_AUTHORIZATION"):  # as wrk sends it
+            headers["authorization"] = authorization
+        request = urllib.request.Request(self.url, data=BODY.encode(), headers=headers)
         while (elapsed := time.monotonic() - started) < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.contender.label} exited ({self.proc.returncode})")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import imports
-from benchmarks.contenders import CONTENDERS, ROOT, serving
+from benchmarks.contenders import CONTENDERS, DEFAULT_CONTENDERS, ROOT, serving
 from benchmarks.load import Generator, LoadResult, available_generator, run_load
 from benchmarks.memory import TreeSampler, tree_cpu_seconds
 from benchmarks.report import write_plot, write_report
@@ -230,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="seconds, not minutes (for CI)")
     parser.add_argument(
         "--contenders",
-        default=",".join(CONTENDERS),
-        help=f"comma-separated subset of {','.join(CONTENDERS)} (the ceiling always runs)",
+        default=",".join(DEFAULT_CONTENDERS),
+        help=f"comma-separated subset of {','.join(CONTENDERS)} (default "
+        f"{','.join(DEFAULT_CONTENDERS)}; the ceiling always runs)",
     )
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--seconds", type=float, help="measured seconds per concurrency")

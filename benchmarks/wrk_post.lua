@@ -2,6 +2,9 @@
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY")
 wrk.headers["Content-Type"] = "application/json"
+if os.getenv("BENCH_AUTHORIZATION") then
+  wrk.headers["Authorization"] = os.getenv("BENCH_AUTHORIZATION")
+end
 
 done = function(summary, latency, requests)
   local errors = summary.errors
