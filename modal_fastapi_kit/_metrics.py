@@ -16,8 +16,8 @@ stay apart. What is measured:
 ``mfk_stream_chunks_total``            chunks handed to streams
 =====================================  =================================================
 
-Apps the kit builds serve them at ``/metrics``; in your own app, mount
-``prometheus_client.make_asgi_app(registry=metrics_registry)`` (see docs/production.md).
+Apps the kit builds serve them at ``/metrics``; in your own app, serve
+``prometheus_client.generate_latest(metrics_registry)`` on a route (see docs/production.md).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from modal_fastapi_kit import ModelServer, gpu_service
 from ._servers import BIN, ThreadedServer, free_port, running, wait_ready
 from ._toys import NumIn, NumOut
 from .edge_support.procs import running as running_logged
+from .test_production_docs import PROMQL as PAGE_PROMQL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -208,3 +209,13 @@ def test_a_real_prometheus_scrapes_the_served_example(tmp_path: Path):
             assert float(buckets[0]["value"][1]) < float(count[0]["value"][1])  # batches > 1
             up = httpx.get(query, params={"query": 'up{job="embeddings"}'}).json()
             assert up["data"]["result"][0]["value"][1] == "1"
+            for promql in PAGE_PROMQL:  # the Grafana queries of docs/production.md
+                deadline = time.monotonic() + 30  # rate() needs two scrapes past the load
+                while True:
+                    answer = httpx.get(query, params={"query": promql}).json()
+                    assert answer["status"] == "success", (promql, answer)
+                    # The error share is empty without a 5xx; the quantiles fill in.
+                    if answer["data"]["result"] or "quantile" not in promql:
+                        break
+                    assert time.monotonic() < deadline, f"no result for {promql}"
+                    time.sleep(0.5)
