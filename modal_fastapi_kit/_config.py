@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from ._errors import ConfigError
+from .exceptions import ConfigError
 
 __all__ = [
     "DEFAULT_CHUNK_TIMEOUT",

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 from ._config import ServiceConfig, check_option_names
 from ._core.spec import API_ATTR, SPEC_ATTR, PredictHook, ServiceSpec
-from ._errors import ConfigError
 from ._server import ModelServer, io_models
+from .exceptions import ConfigError
 
 __all__ = ["gpu_service"]
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from ._assembly import service_app, service_router
 from ._core.spec import service_spec
-from ._errors import ConfigError
+from .exceptions import ConfigError
 
 if TYPE_CHECKING:
     import modal
@@ -84,7 +84,7 @@ class ModelServer(Generic[RequestT, ResponseT]):
     # the one it needs, and ``@gpu_service`` checks that at least one exists.
 
     @classmethod
-    def config(cls) -> ServiceConfig:
+    def service_config(cls) -> ServiceConfig:
         """The ``ServiceConfig`` recorded by ``@gpu_service``."""
         return service_spec(cls).config
 

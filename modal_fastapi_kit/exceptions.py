@@ -1,8 +1,7 @@
-"""Exceptions raised by modal_fastapi_kit.
+"""The exceptions modal_fastapi_kit raises; a client of a service raises the same ones.
 
 KitError
 ├── ConfigError            a @gpu_service option or a ModelServer subclass is wrong
-├── MissingExtraError      an optional dependency is not installed
 └── ServingError           a request could not be answered; carries an HTTP status
     ├── InputError         the model cannot handle this input (4xx, its message is shown)
     ├── Unauthorized       no valid API key (401)
@@ -25,7 +24,6 @@ __all__ = [
     "InputError",
     "KitError",
     "LoadFailed",
-    "MissingExtraError",
     "ModelStalled",
     "NotReadyError",
     "PredictError",
@@ -33,7 +31,6 @@ __all__ = [
     "ServingError",
     "Unauthorized",
     "UpstreamError",
-    "as_predict_error",
 ]
 
 
@@ -43,10 +40,6 @@ class KitError(Exception):
 
 class ConfigError(KitError, ValueError):
     """A service option or a ModelServer subclass is invalid; raised at decoration time."""
-
-
-class MissingExtraError(KitError, ImportError):
-    """An optional dependency is missing; the message names the extra to install."""
 
 
 class ServingError(KitError):
@@ -67,6 +60,7 @@ class ServingError(KitError):
         if retry_after is not None:
             self.retry_after = retry_after
         self.internal = internal
+        self.request_id: str | None = None  # set where a request's answer is read back
 
     @property
     def detail(self) -> str:
@@ -154,10 +148,3 @@ def as_predict_error(exc: BaseException, where: str) -> ServingError:
     error = PredictError(f"{where} raised {type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error
-
-
-def missing_extra(package: str, extra: str) -> MissingExtraError:
-    """Build the error for an optional import that failed."""
-    return MissingExtraError(
-        f"{package!r} is not installed. Install it with: pip install 'modal-fastapi-kit[{extra}]'"
-    )

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from modal_fastapi_kit import ConfigError, ModelServer, gpu_service
+from modal_fastapi_kit import ModelServer, gpu_service
 from modal_fastapi_kit._modal.build import deployment
+from modal_fastapi_kit.exceptions import ConfigError
 
 from ._servers import ThreadedServer, wait_ready
 from ._toys import NumIn, NumOut

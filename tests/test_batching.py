@@ -7,8 +7,13 @@ import threading
 
 import pytest
 
-from modal_fastapi_kit import DeadlineExceeded, NotReadyError, PredictError, QueueFullError
 from modal_fastapi_kit._core.batcher import Batcher
+from modal_fastapi_kit.exceptions import (
+    DeadlineExceeded,
+    NotReadyError,
+    PredictError,
+    QueueFullError,
+)
 
 FAR = 1e9  # a deadline that never passes
 

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 from pydantic import BaseModel
 
-from modal_fastapi_kit import ConfigError, ModelServer, RetryPolicy, ServiceConfig, gpu_service
+from modal_fastapi_kit import ModelServer, RetryPolicy, ServiceConfig, gpu_service
 from modal_fastapi_kit._config import DEFAULT_ROUTE
+from modal_fastapi_kit.exceptions import ConfigError
 
 from ._toys import NumIn, NumOut
 
@@ -24,7 +25,7 @@ def decorate(**options: object) -> type[ModelServer[NumIn, NumOut]]:
 
 def test_config_is_recorded_frozen_with_defaults():
     cls = decorate(gpu="A10", max_batch_size=8)
-    config = cls.config()
+    config = cls.service_config()
     assert isinstance(config, ServiceConfig)
     assert (config.gpu, config.max_batch_size, config.route) == ("A10", 8, DEFAULT_ROUTE)
     assert cls.request_model is NumIn and cls.response_model is NumOut
@@ -38,11 +39,13 @@ def test_name_defaults_to_kebab_case_class_name():
         def predict(self, item: NumIn) -> NumOut:
             return NumOut(y=item.x)
 
-    assert TextEmbedderV2.config().name == "text-embedder-v2"
+    assert TextEmbedderV2.service_config().name == "text-embedder-v2"
 
 
 def test_sequences_are_normalised_to_tuples():
-    config = decorate(gpu=["H100", "A100-80GB"], packages=["torch"], secrets=["hf"]).config()
+    config = decorate(
+        gpu=["H100", "A100-80GB"], packages=["torch"], secrets=["hf"]
+    ).service_config()
     assert config.gpu == ("H100", "A100-80GB")
     assert config.gpus == ("H100", "A100-80GB")
     assert config.packages == ("torch",)
@@ -90,11 +93,11 @@ def test_bad_options_fail_at_decoration_time(options, message):
 
 def test_wildcard_custom_domains_and_gpu_fallback_list_are_accepted():
     config = decorate(custom_domains=["*.example.com", "api.example.com"], gpu=["h100", "A10G:2"])
-    assert config.config().custom_domains == ("*.example.com", "api.example.com")
+    assert config.service_config().custom_domains == ("*.example.com", "api.example.com")
 
 
 def test_retry_policy_is_validated():
-    assert decorate(retries=RetryPolicy(max_retries=3)).config().retries == RetryPolicy(
+    assert decorate(retries=RetryPolicy(max_retries=3)).service_config().retries == RetryPolicy(
         max_retries=3
     )
     with pytest.raises(ConfigError, match=r"RetryPolicy\.initial_delay=-1"):
@@ -182,7 +185,7 @@ def test_undecorated_class_says_how_to_fix():
             return NumOut(y=item.x)
 
     with pytest.raises(ConfigError, match=r"add @gpu_service\(...\) above 'class Raw'"):
-        Raw.config()
+        Raw.service_config()
 
 
 def test_subclass_of_decorated_class_needs_its_own_decorator():
@@ -192,7 +195,7 @@ def test_subclass_of_decorated_class_needs_its_own_decorator():
         pass
 
     with pytest.raises(ConfigError, match="is not decorated"):
-        Sub.config()
+        Sub.service_config()
 
 
 class _Unused(BaseModel):

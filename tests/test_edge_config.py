@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from modal_fastapi_kit import ConfigError, ServiceConfig
+from modal_fastapi_kit import ServiceConfig
+from modal_fastapi_kit.exceptions import ConfigError
 
 
 def _config(**options: object) -> ServiceConfig:

@@ -7,7 +7,8 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from modal_fastapi_kit import ConfigError, OriginLock, ServiceConfig, apply_origin_lock
+from modal_fastapi_kit import OriginLock, ServiceConfig, apply_origin_lock
+from modal_fastapi_kit.exceptions import ConfigError
 
 SECRET = "s3cret-" + "x" * 32
 PUBLIC = "api.example.com"

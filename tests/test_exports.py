@@ -3,12 +3,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from pathlib import Path
+
 import modal_fastapi_kit
+from modal_fastapi_kit import exceptions
 
 
 def test_all_lists_exactly_the_public_names():
     public = {name for name in vars(modal_fastapi_kit) if not name.startswith("_")}
-    submodules = {"cli", "openai"}  # public subpackages, attributes once imported
+    # public submodules, attributes once imported
+    submodules = {"cli", "client", "exceptions", "openai", "testing"}
     assert set(modal_fastapi_kit.__all__) == public - submodules
     # Ruff's isort-style order (RUF022): constants, then classes, then functions.
     groups = [
@@ -26,3 +30,15 @@ def test_import_does_not_pull_torch_or_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_public_exception_is_raised_or_is_the_base_of_one():
+    package = Path(modal_fastapi_kit.__file__).parent
+    source = "\n".join(
+        path.read_text() for path in package.rglob("*.py") if path.name != "exceptions.py"
+    )
+    raised = {name for name in exceptions.__all__ if f"{name}(" in source}
+    for name in exceptions.__all__:
+        cls = getattr(exceptions, name)
+        subclasses = {sub.__name__ for sub in cls.__subclasses__()}
+        assert name in raised or subclasses & raised, f"{name} is exported but never raised"

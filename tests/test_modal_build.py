@@ -25,7 +25,7 @@ from modal._utils.async_utils import synchronizer
 from modal.cls import _Cls
 from pydantic import BaseModel
 
-from modal_fastapi_kit import END, ConfigError, ModelServer, RetryPolicy, gpu_service
+from modal_fastapi_kit import END, ModelServer, RetryPolicy, gpu_service
 from modal_fastapi_kit._modal.build import (
     HF_CACHE_PATH,
     _retries,
@@ -33,6 +33,7 @@ from modal_fastapi_kit._modal.build import (
     deployment,
     image_spec,
 )
+from modal_fastapi_kit.exceptions import ConfigError
 
 from .modal_container import ModalContainer
 
@@ -218,7 +219,7 @@ def test_split_batched_gpu_class_carries_every_option():
 
 
 def test_retry_policy_maps_to_modal_retries():
-    retries = _retries(SplitBatched.config().retries)
+    retries = _retries(SplitBatched.service_config().retries)
     assert isinstance(retries, modal.Retries)
     assert retries.max_retries == 3
     assert retries.backoff_coefficient == 1.5
@@ -402,11 +403,11 @@ def test_colocated_refuses_retries():
 
 
 def test_image_pins_the_runtime_and_lets_the_user_override_a_pin():
-    python, packages = image_spec(SplitBatched.config())
+    python, packages = image_spec(SplitBatched.service_config())
     assert python == "3.12"
     pydantic = importlib.metadata.version("pydantic")
     assert packages == (f"pydantic=={pydantic}", "numpy==2.0.0", "FastAPI==0.115.0")
-    python, packages = image_spec(SplitSingle.config())
+    python, packages = image_spec(SplitSingle.service_config())
     assert python == f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert packages[0] == f"fastapi=={importlib.metadata.version('fastapi')}"
 
@@ -492,7 +493,7 @@ def test_image_steps_run_in_order_with_local_sources_last(monkeypatch):
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(modal.Image, step, spy)
-    config = SplitBatched.config()
+    config = SplitBatched.service_config()
     python, packages = image_spec(config)
     build_image(config, python, packages)
     assert [name for name, _ in calls] == [

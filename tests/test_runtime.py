@@ -12,10 +12,10 @@ from typing import ClassVar
 import pytest
 from pydantic import BaseModel
 
-from modal_fastapi_kit import END, InputError, ModelServer, PredictError, gpu_service
+from modal_fastapi_kit import END, InputError, ModelServer, gpu_service
 from modal_fastapi_kit._core.hooks import LoadState, ModelRuntime
 from modal_fastapi_kit._core.spec import service_spec
-from modal_fastapi_kit._errors import ModelStalled
+from modal_fastapi_kit.exceptions import ModelStalled, PredictError
 
 from ._toys import NumIn, NumOut
 

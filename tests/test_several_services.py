@@ -10,7 +10,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from modal_fastapi_kit import ConfigError, ModelServer, gpu_service
+from modal_fastapi_kit import ModelServer, gpu_service
+from modal_fastapi_kit.exceptions import ConfigError
 
 from ._toys import NumIn, NumOut
 

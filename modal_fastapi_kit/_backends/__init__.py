@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from .._core.spec import ServiceSpec
-from .._errors import ConfigError
+from ..exceptions import ConfigError
 from .base import Backend, LoadState
 
 __all__ = ["Backend", "BackendName", "LoadState", "create_backend"]

@@ -11,8 +11,8 @@ from .._core.hooks import LoadState, ModelRuntime
 from .._core.recorder import NO_RECORDER, Recorder, Trace
 from .._core.spec import ServiceSpec
 from .._core.streams import StreamBatch
-from .._errors import LoadFailed, ModelStalled, NotReadyError
 from .._metrics import metrics_for
+from ..exceptions import LoadFailed, ModelStalled, NotReadyError
 
 __all__ = ["LocalBackend"]
 

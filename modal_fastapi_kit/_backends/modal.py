@@ -44,7 +44,7 @@ from .._core.wire import (
     decode_outcome,
     encode_request,
 )
-from .._errors import (
+from ..exceptions import (
     BackendUnavailable,
     DeadlineExceeded,
     NotReadyError,

@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from .._errors import DeadlineExceeded, NotReadyError, PredictError, QueueFullError, ServingError
+from ..exceptions import DeadlineExceeded, NotReadyError, PredictError, QueueFullError, ServingError
 from .recorder import NO_RECORDER, Recorder, Trace
 from .streams import ItemStream, StreamBatch
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .._errors import ModelStalled, PredictError, ServingError, as_predict_error
+from ..exceptions import ModelStalled, PredictError, ServingError, as_predict_error
 from .recorder import NO_RECORDER, Recorder
 from .spec import ServiceSpec
 from .streams import END, ItemStream, StreamBatch

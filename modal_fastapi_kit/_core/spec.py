@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from .._config import ServiceConfig
-from .._errors import ConfigError
+from ..exceptions import ConfigError
 
 __all__ = [
     "API_ATTR",

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import DeadlineExceeded
+from ..exceptions import DeadlineExceeded
 
 __all__ = ["END", "ItemStream", "StreamBatch"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .._errors import (
+from ..exceptions import (
     DeadlineExceeded,
     InputError,
     ModelStalled,

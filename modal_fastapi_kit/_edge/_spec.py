@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .._config import DEFAULT_MAX_BODY_BYTES, MODAL_WEB_TIMEOUT
-from .._errors import ConfigError
 from .._http.origin_lock import EDGE_SECRET_HEADER, MIN_SECRET_LENGTH
+from ..exceptions import ConfigError
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",

@@ -21,7 +21,7 @@ from fastapi.params import Depends as DependsParam
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from .._config import ServiceConfig
-from .._errors import ConfigError, Unauthorized
+from ..exceptions import ConfigError, Unauthorized
 
 __all__ = ["MIN_KEY_LENGTH", "ApiKeys", "key_dependency"]
 

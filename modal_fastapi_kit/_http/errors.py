@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
-from .._errors import PredictError, ServingError
+from ..exceptions import PredictError, ServingError
 
 __all__ = [
     "REQUEST_ID_HEADER",

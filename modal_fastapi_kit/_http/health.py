@@ -21,7 +21,7 @@ from starlette.routing import NoMatchFound
 
 from .._core.hooks import LoadState
 from .._core.spec import RouteNames, ServiceSpec
-from .._errors import ConfigError
+from ..exceptions import ConfigError
 
 __all__ = ["HealthBody", "Probed", "liveness", "readiness", "register_service", "services_at"]
 

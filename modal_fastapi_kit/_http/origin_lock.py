@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._config import ServiceConfig
-from .._errors import ConfigError
+from ..exceptions import ConfigError
 
 __all__ = [
     "EDGE_SECRET_HEADER",

@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from .._core.recorder import Trace
-from .._errors import ServingError
+from ..exceptions import ServingError
 from .errors import REQUEST_ID_HEADER, error_response, request_id
 from .waiting import TRACE_KEY
 

@@ -33,8 +33,8 @@ from pydantic import BaseModel
 from .._backends.base import Backend
 from .._core.spec import RouteNames, ServiceSpec
 from .._core.streams import ItemStream
-from .._errors import DeadlineExceeded
 from .._metrics import metrics_for, watch
+from ..exceptions import DeadlineExceeded
 from .auth import ApiKeys, key_dependency
 from .errors import REQUEST_ID_HEADER, ErrorBody, failure_response, request_id
 from .health import HealthBody, liveness, readiness, register_service

@@ -17,7 +17,7 @@ from starlette.types import Receive
 
 from .._backends.base import Backend
 from .._core.recorder import Trace
-from .._errors import DeadlineExceeded
+from ..exceptions import DeadlineExceeded
 
 __all__ = ["TRACE_KEY", "ClientGone", "outcomes", "wait_for_disconnect"]
 

@@ -29,7 +29,7 @@ import modal
 from .._config import RetryPolicy, ServiceConfig
 from .._core.spec import ServiceSpec, service_spec
 from .._core.wire import PREDICT_METHOD, STREAM_METHOD, Wire
-from .._errors import ConfigError
+from ..exceptions import ConfigError
 from . import container
 
 if TYPE_CHECKING:

@@ -30,8 +30,8 @@ from .._backends.local import LocalBackend
 from .._core.hooks import LOAD_HOOKS, ModelRuntime
 from .._core.spec import service_spec
 from .._core.wire import Wire, decode_request, encode_chunk, encode_outcome
-from .._errors import DeadlineExceeded, ModelStalled, ServingError
 from .._heap import freeze_loaded_heap
+from ..exceptions import DeadlineExceeded, ModelStalled, ServingError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from .._errors import KitError
+from ..exceptions import KitError
 from . import _check, _deploy, _edge, _serve
 
 __all__ = ["main"]

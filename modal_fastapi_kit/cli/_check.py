@@ -13,8 +13,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .._config import RetryPolicy
-from .._errors import ConfigError
 from .._server import ModelServer
+from ..exceptions import ConfigError
 from ._loading import UsageError, load_service
 
 if TYPE_CHECKING:

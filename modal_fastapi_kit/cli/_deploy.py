@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConfigError
+from ..exceptions import ConfigError
 from ._loading import UsageError, load_service
 
 __all__ = ["CREDENTIALS_HELP", "add_parser", "run"]

@@ -23,7 +23,7 @@ from .._edge._spec import (
     MODAL_KEY_ENV,
     MODAL_SECRET_ENV,
 )
-from .._errors import ConfigError
+from ..exceptions import ConfigError
 from ._loading import UsageError
 
 __all__ = ["add_parser", "run"]

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .._core.spec import SPEC_ATTR
-from .._errors import KitError
 from .._server import ModelServer
+from ..exceptions import KitError
 
 __all__ = ["UsageError", "load_service"]
 

@@ -15,7 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from .._errors import (
+from .._http.errors import REQUEST_ID_HEADER, public_error
+from .._http.route import BodyTooLarge, KitRoute, UnreadableBody, validation_errors
+from ..exceptions import (
     DeadlineExceeded,
     InputError,
     ModelStalled,
@@ -25,8 +27,6 @@ from .._errors import (
     ServingError,
     Unauthorized,
 )
-from .._http.errors import REQUEST_ID_HEADER, public_error
-from .._http.route import BodyTooLarge, KitRoute, UnreadableBody, validation_errors
 
 __all__ = ["OpenAIError", "OpenAIRoute", "RequestError", "openai_error_response"]
 
