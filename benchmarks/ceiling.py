@@ -22,9 +22,10 @@ __all__ = ["measure"]
 
 def measure(batch_sizes: list[int], seconds: float) -> dict[int, tuple[float, float]]:
     """Texts per second and CPU ms per text for each batch size, each for about ``seconds``."""
-    from examples.embeddings import Embedder, EmbedIn
+    from benchmarks.apps.embeddings_variants import Tuned  # the example at BENCH_DTYPE
+    from examples.embeddings import EmbedIn
 
-    model = Embedder()
+    model = Tuned()
     model.load()
     model.warmup()
     rates: dict[int, tuple[float, float]] = {}

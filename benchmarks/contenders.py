@@ -60,8 +60,14 @@ def _uvicorn(app: str) -> Callable[[int], list[str]]:
     return command
 
 
-def _litserve(port: int) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.apps.litserve_app", f"--port={port}"]
+def _module(name: str) -> Callable[[int], list[str]]:
+    def command(port: int) -> list[str]:
+        return [sys.executable, "-m", f"benchmarks.apps.{name}", f"--port={port}"]
+
+    return command
+
+
+_litserve = _module("litserve_app")
 
 
 def _mfk(port: int) -> list[str]:
@@ -78,12 +84,15 @@ def _mfk(port: int) -> list[str]:
 DEFAULT_CONTENDERS = ("plain", "litserve", "mfk")
 
 
-def _mfk_variant(name: str) -> Callable[[int], list[str]]:
+def _mfk_target(target: str) -> Callable[[int], list[str]]:
     def command(port: int) -> list[str]:
-        target = f"benchmarks/apps/embeddings_variants.py:{name}"
         return [*_mfk(port)[:2], target, *_mfk(port)[3:]]
 
     return command
+
+
+def _mfk_variant(name: str) -> Callable[[int], list[str]]:
+    return _mfk_target(f"benchmarks/apps/embeddings_variants.py:{name}")
 
 
 CONTENDERS: dict[str, Contender] = {
@@ -95,6 +104,13 @@ CONTENDERS: dict[str, Contender] = {
         # Not in the default run: what metrics and keys cost (apps/embeddings_variants.py).
         Contender("mfk-bare", "mfk serve, no metrics", _mfk_variant("Bare")),
         Contender("mfk-guarded", "mfk serve, keys + metrics", _mfk_variant("Guarded")),
+        # BENCH_DTYPE and BENCH_MAX_BATCH_SIZE (benchmarks/gpu.sh)
+        Contender("mfk-tuned", "mfk serve, tuned", _mfk_variant("Tuned")),
+        # A model that does no work, for the request path's own cost (benchmarks/noop.py).
+        Contender("noop-raw", "raw ASGI app", _uvicorn("benchmarks.apps.noop:raw_app")),
+        Contender("noop-fastapi", "plain FastAPI", _uvicorn("benchmarks.apps.noop:fastapi_app")),
+        Contender("noop-mfk", "mfk serve", _mfk_target("benchmarks/apps/noop.py:Noop")),
+        Contender("noop-litserve", "LitServe", _module("noop_litserve"), requires="litserve"),
     )
 }
 

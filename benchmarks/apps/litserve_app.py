@@ -1,4 +1,5 @@
-"""The same model on LitServe, with its batching on (``max_batch_size=32``, its own wait).
+"""The same model on LitServe, with its batching on (``max_batch_size=32`` unless
+``BENCH_MAX_BATCH_SIZE`` says otherwise, its own wait).
 
     python -m benchmarks.apps.litserve_app --port 8000
 
@@ -12,14 +13,13 @@ import argparse
 
 import litserve as ls  # type: ignore[import-untyped]
 
-from examples.embeddings import Embedder, EmbedIn, EmbedOut
-
-MAX_BATCH_SIZE = 32
+from benchmarks.apps.embeddings_variants import MAX_BATCH_SIZE, Tuned
+from examples.embeddings import EmbedIn, EmbedOut
 
 
 class EmbedAPI(ls.LitAPI):  # type: ignore[misc]
     def setup(self, device: str) -> None:
-        self.model = Embedder()
+        self.model = Tuned()  # the example, at BENCH_DTYPE (float32 unless set)
         self.model.load()
         self.model.warmup()
 
