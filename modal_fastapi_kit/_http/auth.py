@@ -14,16 +14,24 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.params import Depends as DependsParam
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from .._config import ServiceConfig
 from ..exceptions import ConfigError, Unauthorized
 
-__all__ = ["MIN_KEY_LENGTH", "ApiKeys", "key_dependency"]
+__all__ = [
+    "MIN_KEY_LENGTH",
+    "ApiKeys",
+    "guard_keys",
+    "key_dependency",
+    "presented_key",
+    "require_key",
+]
 
 MIN_KEY_LENGTH = 16
 _KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
@@ -77,21 +85,49 @@ class ApiKeys:
         return matched
 
 
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key a request presents: a Bearer token, else ``X-API-Key`` (FastAPI's parsing)."""
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    return x_api_key or None
+
+
+def require_key(keys: ApiKeys, presented: str | None) -> None:
+    """Let a valid key through; anything else is ``Unauthorized`` (401)."""
+    if not keys.check(presented):
+        raise Unauthorized(
+            "a valid API key is required: send Authorization: Bearer <key> or X-API-Key"
+            if presented is None
+            else "the API key is not valid"
+        )
+
+
 def key_dependency(keys: ApiKeys) -> DependsParam:
     """A route dependency that lets a request with a valid key through, else 401."""
 
-    async def require_key(
-        request: Request,
+    async def check_key(
         bearer: HTTPAuthorizationCredentials | None = Depends(_BEARER),  # noqa: B008
         header: str | None = Depends(_HEADER),
     ) -> None:
-        presented = bearer.credentials if bearer is not None else header
-        if not keys.check(presented):
-            raise Unauthorized(
-                "a valid API key is required: send Authorization: Bearer <key> or X-API-Key"
-                if presented is None
-                else "the API key is not valid"
-            )
+        require_key(keys, bearer.credentials if bearer is not None else header or None)
 
-    guard: DependsParam = Depends(require_key)
+    setattr(check_key, _KEYS_ATTR, keys)
+    guard: DependsParam = Depends(check_key)
     return guard
+
+
+def guard_keys(dependencies: Sequence[Any]) -> list[ApiKeys] | None:
+    """The keys behind ``dependencies`` when each is a ``key_dependency``; else ``None``
+    (a dependency the kit does not know must run as FastAPI runs it)."""
+    found: list[ApiKeys] = []
+    for dependency in dependencies:
+        keys = getattr(dependency.dependency, _KEYS_ATTR, None)
+        if not isinstance(keys, ApiKeys):
+            return None
+        found.append(keys)
+    return found
+
+
+_KEYS_ATTR = "__mfk_keys__"

@@ -38,7 +38,7 @@ from ..exceptions import DeadlineExceeded
 from .auth import ApiKeys, key_dependency
 from .errors import REQUEST_ID_HEADER, ErrorBody, failure_response, request_id
 from .health import HealthBody, liveness, readiness, register_service
-from .route import KitRoute, count_requests, limit_body
+from .route import KitRoute, call_directly, count_requests, limit_body
 from .streaming import SSE_TYPE, StreamResponse, chunk_responses, wants_ndjson
 from .waiting import ClientGone, outcomes, wait_for_disconnect
 
@@ -196,6 +196,7 @@ def _endpoint(spec: ServiceSpec, backend: Backend) -> Any:
         return Response(body, media_type=_JSON, headers={REQUEST_ID_HEADER: rid})
 
     _annotate(predict, spec.request_model)
+    call_directly(predict, spec.request_model)
     return predict
 
 
@@ -221,6 +222,7 @@ def _stream_endpoint(spec: ServiceSpec, backend: Backend) -> Any:
         )
 
     _annotate(predict, spec.request_model)
+    call_directly(predict, spec.request_model)
     return predict
 
 
