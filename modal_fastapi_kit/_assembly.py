@@ -6,10 +6,13 @@ and the colocated container all come through here.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ._backends import Backend, BackendName, create_backend
@@ -20,7 +23,7 @@ from ._http.route import KitRoute
 from ._http.router import ServiceRouter, build_router
 from ._metrics import metrics_registry
 
-__all__ = ["service_app", "service_router"]
+__all__ = ["opentelemetry_configured", "service_app", "service_router"]
 
 
 def service_router(
@@ -38,7 +41,11 @@ def service_app(spec: ServiceSpec, router: ServiceRouter) -> FastAPI:
     ``metrics=False``; behind the API keys when auth is on, unless ``auth_metrics=False``) and
     the origin lock."""
     config = spec.config
-    app = FastAPI(title=config.name, summary=(spec.server_cls.__doc__ or "").strip())
+    app = FastAPI(
+        title=config.name,
+        summary=(spec.server_cls.__doc__ or "").strip(),
+        telemetry=None if opentelemetry_configured() else _NO_TELEMETRY,
+    )
     app.include_router(router)
     if config.metrics:
         guarded = config.auth == "api-key" and config.auth_metrics
@@ -56,6 +63,17 @@ def service_app(spec: ServiceSpec, router: ServiceRouter) -> FastAPI:
         )
     apply_origin_lock(app, config)
     return app
+
+
+# FastAPI asks OpenTelemetry on every request whether it is configured; with nothing to
+# report to, that costs about a tenth of a no-op request. The kit's own app turns it off
+# unless the environment configures OpenTelemetry (any OTEL_* variable).
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
+def opentelemetry_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment configures OpenTelemetry (an ``OTEL_*`` variable is set)."""
+    return any(name.startswith("OTEL_") for name in (os.environ if environ is None else environ))
 
 
 async def _metrics() -> Response:
