@@ -97,10 +97,17 @@ class ServiceMetrics:
         self._batch_seconds = _BATCH_SECONDS.labels(service)
         self._withdrawn = _WITHDRAWN.labels(service)
         self._chunks = _CHUNKS.labels(service)
+        self._requests: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def request(self, route: str, status: int, seconds: float) -> None:
-        _REQUESTS.labels(self.service, route, str(status)).inc()
-        _REQUEST_SECONDS.labels(self.service, route).observe(seconds)
+        series = self._requests.get((route, status))
+        if series is None:  # once per route and status: labels() costs a lock and a lookup
+            series = self._requests[route, status] = (
+                _REQUESTS.labels(self.service, route, str(status)),
+                _REQUEST_SECONDS.labels(self.service, route),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
     def batch(self, size: int, seconds: float) -> None:
         self._batch_size.observe(size)
