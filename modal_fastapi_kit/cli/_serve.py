@@ -80,6 +80,13 @@ def add_parser(subparsers: Any) -> None:
         "--backlog", type=int, default=2048, help="connections waiting to be accepted"
     )
     parser.add_argument(
+        "--proxy-headers",
+        metavar="ADDRESSES",
+        help="trust X-Forwarded-For/-Proto from these comma-separated proxy addresses (e.g. "
+        "127.0.0.1 for a proxy on this host); off by default, as the kit's origin lock "
+        "handles forwarded headers for its edges",
+    )
+    parser.add_argument(
         "--max-header-bytes",
         type=int,
         help="refuse request headers over this size (uses the h11 parser, which has this "
@@ -112,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
             limit_concurrency=args.limit_concurrency or files.connection_limit(),
             timeout_keep_alive=args.timeout_keep_alive,
             backlog=args.backlog,
+            proxy_headers=args.proxy_headers is not None,
+            forwarded_allow_ips=args.proxy_headers,
             **header_limit,
         )
     )
