@@ -195,9 +195,10 @@ def _log_access(
         "queue_ms": _ms(trace.queue_seconds),
         "batch_size": trace.batch_size,
         "model_ms": _ms(trace.model_seconds),
+        "client": request.client.host if request.client else None,
     }
     access_log.info(
-        "%s %s %s %.1f ms rid=%s queue=%s batch=%s model=%s",
+        "%s %s %s %.1f ms rid=%s queue=%s batch=%s model=%s client=%s",
         fields["method"],
         route,
         fields["status"],
@@ -206,6 +207,7 @@ def _log_access(
         "-" if fields["queue_ms"] is None else f"{fields['queue_ms']} ms",
         "-" if trace.batch_size is None else trace.batch_size,
         "-" if fields["model_ms"] is None else f"{fields['model_ms']} ms",
+        fields["client"] or "-",
         extra={"access": fields},
     )
 
@@ -223,7 +225,8 @@ class UnreadableBody(ServingError):
 
 
 # One line per API request: method, route, status, request id, time, time in queue, batch
-# size, model time; the record's ``access`` attribute holds them as a dict (for JSON logs).
+# size, model time, client address; the record's ``access`` attribute holds them as a dict
+# (for JSON logs).
 access_log = logging.getLogger("modal_fastapi_kit.access")
 
 _LIMIT_ATTR = "__mfk_max_body__"
