@@ -6,10 +6,12 @@ config Modal would send, from Modal's own objects.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import datetime
 import importlib.metadata
 import inspect
+import re
 import subprocess
 import sys
 import textwrap
@@ -28,6 +30,7 @@ from pydantic import BaseModel
 from modal_fastapi_kit import END, ModelServer, RetryPolicy, gpu_service
 from modal_fastapi_kit._modal.build import (
     HF_CACHE_PATH,
+    RUNTIME_DISTRIBUTIONS,
     _retries,
     build_image,
     deployment,
@@ -406,10 +409,62 @@ def test_image_pins_the_runtime_and_lets_the_user_override_a_pin():
     python, packages = image_spec(SplitBatched.service_config())
     assert python == "3.12"
     pydantic = importlib.metadata.version("pydantic")
-    assert packages == (f"pydantic=={pydantic}", "numpy==2.0.0", "FastAPI==0.115.0")
+    prometheus = importlib.metadata.version("prometheus-client")
+    assert packages == (
+        f"pydantic=={pydantic}",
+        f"prometheus-client=={prometheus}",
+        "numpy==2.0.0",
+        "FastAPI==0.115.0",
+    )
     python, packages = image_spec(SplitSingle.service_config())
     assert python == f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert packages[0] == f"fastapi=={importlib.metadata.version('fastapi')}"
+
+
+def test_the_image_installs_every_module_the_library_imports_in_a_container():
+    """What ``import modal_fastapi_kit`` and the container code pull in, beyond the standard
+    library and Modal's own runtime, is installed by RUNTIME_DISTRIBUTIONS or their
+    dependencies; else every container would fail at import."""
+    code = (
+        "import sys, modal; before = set(sys.modules); "
+        "import modal_fastapi_kit, modal_fastapi_kit._modal.container; "
+        "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    imported = set(ast.literal_eval(out.stdout.strip())) - set(sys.stdlib_module_names)
+    # sniffio: anyio imports it when it is installed, and does without it otherwise.
+    imported -= {"modal_fastapi_kit", "_distutils_hack", "sniffio"}
+    providers = importlib.metadata.packages_distributions()
+    installed = _closure([*RUNTIME_DISTRIBUTIONS, "modal"])
+    missing = {
+        name
+        for name in imported
+        if not {_normal(d) for d in providers.get(name, [name])} & installed
+    }
+    assert not missing, f"imported in a container but not in its image: {sorted(missing)}"
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _closure(names: list[str]) -> set[str]:
+    """``names`` and everything they require (extras left out), as normalised names."""
+    seen: set[str] = set()
+    todo = [_normal(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        try:
+            requirements = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # a requirement for other Pythons or platforms
+        seen.add(name)
+        for requirement in requirements:
+            if "extra ==" not in requirement:
+                todo.append(_normal(re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0]))
+    return seen
 
 
 def test_app_is_named_from_the_config_and_built_once():

@@ -64,7 +64,7 @@ WEB_FUNCTION_SUFFIX = "_web"
 HF_CACHE_PATH = "/root/.cache/huggingface"
 LIBRARY = "modal_fastapi_kit"
 # What the library imports in the container, pinned to the versions installed here.
-RUNTIME_DISTRIBUTIONS = ("fastapi", "pydantic")
+RUNTIME_DISTRIBUTIONS = ("fastapi", "pydantic", "prometheus-client")
 
 _CACHE_ATTR = "__mfk_modal_deployment__"
 
