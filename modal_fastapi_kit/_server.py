@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections.abc
 import typing
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -20,12 +20,14 @@ from ._core.spec import service_spec
 from .exceptions import ConfigError
 
 if TYPE_CHECKING:
+    import httpx
     import modal
     from fastapi import FastAPI
 
     from ._backends import BackendName
     from ._config import ServiceConfig
     from ._http.router import ServiceRouter
+    from .client import AsyncServiceClient, ServiceClient
 
 __all__ = ["ModelServer", "RequestT", "ResponseT", "io_models"]
 
@@ -112,6 +114,63 @@ class ModelServer(Generic[RequestT, ResponseT]):
         """A FastAPI app with this model's router at the root, plus ``/docs``."""
         spec = service_spec(cls)
         return service_app(spec, service_router(spec, backend, **backend_options))
+
+    @classmethod
+    def client(
+        cls: type[ModelServer[RequestT, ResponseT]],
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        retry_for: float = 30.0,
+        retry_unsafe: bool = False,
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> ServiceClient[RequestT, ResponseT]:
+        """A typed HTTP client of this service at ``base_url`` (with the prefix its router is
+        mounted under): ``predict(item) -> response``, or ``stream(item)`` for a streaming
+        service. Retries what did not run (503 after ``Retry-After``, refused connections)
+        for up to ``retry_for`` seconds; see ``modal_fastapi_kit.client.ServiceClient``.
+        """
+        from .client import ServiceClient
+
+        return ServiceClient(
+            cls,
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            retry_for=retry_for,
+            retry_unsafe=retry_unsafe,
+            headers=headers,
+            http_client=http_client,
+        )
+
+    @classmethod
+    def async_client(
+        cls: type[ModelServer[RequestT, ResponseT]],
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        retry_for: float = 30.0,
+        retry_unsafe: bool = False,
+        headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> AsyncServiceClient[RequestT, ResponseT]:
+        """``client()`` for ``asyncio``: ``await client.predict(item)``,
+        ``async for chunk in client.stream(item)``."""
+        from .client import AsyncServiceClient
+
+        return AsyncServiceClient(
+            cls,
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            retry_for=retry_for,
+            retry_unsafe=retry_unsafe,
+            headers=headers,
+            http_client=http_client,
+        )
 
 
 def io_models(cls: type) -> tuple[type[BaseModel], type[BaseModel]]:

@@ -113,7 +113,7 @@ class ModelStalled(NotReadyError):
 
 class QueueFullError(ServingError):
     status_code = 503
-    retry_after = 1
+    retry_after: int | None = 1
 
 
 class DeadlineExceeded(ServingError):
@@ -128,7 +128,7 @@ class PredictError(ServingError):
 
 class BackendUnavailable(ServingError):
     status_code = 503
-    retry_after = 5
+    retry_after: int | None = 5
 
 
 class UpstreamError(BackendUnavailable):
