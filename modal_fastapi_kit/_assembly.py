@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ._backends import Backend, BackendName, create_backend
 from ._core.spec import ServiceSpec
 from ._http.auth import ApiKeys, key_dependency
+from ._http.direct import install_front
 from ._http.origin_lock import apply_origin_lock
 from ._http.route import KitRoute
 from ._http.router import ServiceRouter, build_router
@@ -47,6 +48,9 @@ def service_app(spec: ServiceSpec, router: ServiceRouter) -> FastAPI:
         telemetry=None if opentelemetry_configured() else _NO_TELEMETRY,
     )
     app.include_router(router)
+    for route in router.routes:
+        if isinstance(route, KitRoute):
+            install_front(app, route)  # the predict route's shortcut (see _http/direct.py)
     if config.metrics:
         guarded = config.auth == "api-key" and config.auth_metrics
         keys = [key_dependency(ApiKeys.from_environment(config))] if guarded else []

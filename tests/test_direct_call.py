@@ -171,3 +171,92 @@ def test_keys_are_checked_on_the_direct_call(monkeypatch, generic_calls):
     assert "required" in missing.json()["detail"] and "not valid" in wrong.json()["detail"]
     assert bearer.json() == header.json() == {"total": 3}
     assert generic_calls == []
+
+
+# -- the front, in the apps the kit builds ------------------------------------------------
+
+
+@gpu_service(name="locked-orders", route="/order", edge_secret_env="ORDERS_EDGE_SECRET")
+class LockedOrders(Orders):
+    pass
+
+
+@pytest.fixture
+def built_app() -> Iterator[str]:
+    with ThreadedServer(Orders.asgi_app()) as server:
+        wait_ready(server.url)
+        yield server.url
+
+
+@pytest.fixture
+def exception_middleware_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths that went through Starlette's exception middleware (inside the front)."""
+    from starlette.middleware.exceptions import ExceptionMiddleware
+
+    calls: list[str] = []
+    inner = ExceptionMiddleware.__call__
+
+    async def counted(self: object, scope: dict, receive: object, send: object) -> None:
+        calls.append(scope.get("path", ""))
+        await inner(self, scope, receive, send)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ExceptionMiddleware, "__call__", counted)
+    return calls
+
+
+def test_the_built_app_answers_a_valid_body_in_front_of_the_routing(
+    built_app, exception_middleware_calls, generic_calls
+):
+    answer = httpx.post(f"{built_app}/order", json={"sku": "a", "count": 2})
+    assert answer.json() == {"total": 6}
+    assert exception_middleware_calls == [] and generic_calls == []
+    handed = httpx.post(f"{built_app}/order", json={"sku": "a", "count": 0})
+    assert handed.status_code == 422 and handed.json()["request_id"]
+    assert exception_middleware_calls == ["/order"] and generic_calls == [1]
+    assert httpx.get(f"{built_app}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_the_front_answers_as_the_mounted_router_does(built_app, two_apps, body):
+    _, generic = two_apps
+    headers = {"content-type": "application/json", "x-request-id": "same-id"}
+    a = httpx.post(f"{built_app}/order", content=body, headers=headers)
+    b = httpx.post(f"{generic}/ml/order", content=body, headers=headers)
+    assert (a.status_code, a.json()) == (b.status_code, b.json())
+
+
+def test_a_body_sent_in_chunks_reaches_the_app_whole_when_handed_back(built_app):
+    def chunks() -> Iterator[bytes]:
+        yield b'{"sku": "a", '
+        yield b'"count": 0}'  # invalid: handed back after the front read it all
+
+    answer = httpx.post(
+        f"{built_app}/order", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["body", "count"]
+
+
+def test_the_origin_lock_still_guards_the_front(monkeypatch):
+    monkeypatch.setenv("ORDERS_EDGE_SECRET", "edge-secret-0123456789abcdef-0123456789ab")
+    with ThreadedServer(LockedOrders.asgi_app()) as server:
+        body = {"sku": "a", "count": 1}
+        refused = httpx.post(f"{server.url}/order", json=body)
+        through = httpx.post(
+            f"{server.url}/order",
+            json=body,
+            headers={"x-mfk-edge-secret": "edge-secret-0123456789abcdef-0123456789ab"},
+        )
+    assert refused.status_code == 403
+    assert through.json() == {"total": 3}
+
+
+def test_overrides_set_on_the_built_app_send_requests_through_it(generic_calls):
+    app = Orders.asgi_app()
+    app.dependency_overrides[print] = print
+    with ThreadedServer(app) as server:
+        wait_ready(server.url)
+        generic_calls.clear()
+        answer = httpx.post(f"{server.url}/order", json={"sku": "a", "count": 2})
+    assert answer.json() == {"total": 6}
+    assert generic_calls == [1]

@@ -23,21 +23,18 @@ import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from contextvars import ContextVar
 from typing import Any, Protocol
 
-import fastapi.routing
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import Message
 
 from .._core.recorder import Trace
 from ..exceptions import ServingError
-from .auth import guard_keys, presented_key, require_key
+from .direct import direct_call, is_json
 from .errors import REQUEST_ID_HEADER, error_response, request_id
 from .waiting import TRACE_KEY
 
@@ -46,22 +43,25 @@ __all__ = [
     "KitRoute",
     "RequestCounter",
     "UnreadableBody",
-    "call_directly",
     "count_requests",
     "limit_body",
     "validation_errors",
 ]
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
-DirectCall = Callable[[Request], Coroutine[Any, Any, Response | None]]
 
 
 class KitRoute(APIRoute):
     """An ``APIRoute`` whose failures before the endpoint runs answer the kit's error body."""
 
     def get_route_handler(self) -> Handler:
-        handle = super().get_route_handler()
-        direct = _direct_call(self)
+        return self.kit_handler(super().get_route_handler())
+
+    def kit_handler(self, fallback: Handler) -> Handler:
+        """This route's handler: the body limit, the direct call (``_http/direct.py``), then
+        ``fallback`` (FastAPI's handler) for what the direct call leaves; every failure as
+        the kit's error answer, and each answer counted and access-logged."""
+        direct = direct_call(self)
         limit: int | None = getattr(self.endpoint, _LIMIT_ATTR, None)
         observed = hasattr(self.endpoint, _COUNTER_ATTR)
         counter: RequestCounter | None = getattr(self.endpoint, _COUNTER_ATTR, None)
@@ -87,11 +87,11 @@ class KitRoute(APIRoute):
             try:
                 if limit is not None:
                     request = _limited(request, limit)
-                if direct is not None and _is_json(request):
+                if direct is not None and is_json(request):
                     answered = await direct(request)
                     if answered is not None:
                         return answered
-                return await handle(request)  # from the body read already, if it was
+                return await fallback(request)  # from the body read already, if it was
             except ServingError as exc:
                 return self.serving_error(exc, request_id(request))
             except RequestValidationError as exc:
@@ -110,61 +110,6 @@ class KitRoute(APIRoute):
             status_code=422,
             headers={REQUEST_ID_HEADER: rid},
         )
-
-
-def call_directly(endpoint: Callable[..., Any], request_model: type[BaseModel]) -> None:
-    """Let a ``KitRoute`` call ``endpoint(request, item)`` itself for a body that is valid
-    ``request_model`` JSON, without FastAPI's generic handler.
-
-    FastAPI's handler reads, parses and validates in several passes and solves the route's
-    dependencies; for a valid JSON body that is all the kit's routes need, done in one pass
-    from the bytes by pydantic-core. Everything else (another content type, invalid or
-    unreadable JSON, a failed validation, a dependency the kit did not add, dependency
-    overrides) goes to FastAPI's handler, so its answers stay FastAPI's.
-    """
-    setattr(endpoint, _DIRECT_ATTR, request_model)
-
-
-def _direct_call(
-    route: KitRoute,
-) -> Callable[[Request], Coroutine[Any, Any, Response | None]] | None:
-    """The direct call for ``route`` (see ``call_directly``), or None where it cannot apply."""
-    model: type[BaseModel] | None = getattr(route.endpoint, _DIRECT_ATTR, None)
-    if model is None or _EFFECTIVE_ROUTE is None:
-        return None
-    # Included in another router, a route's dependencies are those of every router above it.
-    effective = _EFFECTIVE_ROUTE.get()
-    merged = effective if effective is not None and effective.original_route is route else route
-    all_keys = guard_keys(merged.dependencies)
-    if all_keys is None:
-        return None
-    validate = model.__pydantic_validator__.validate_json
-    endpoint = route.endpoint
-    overrides = getattr(merged.dependency_overrides_provider, "dependency_overrides", None)
-
-    async def direct(request: Request) -> Response | None:
-        if overrides:
-            return None
-        body = await request.body()
-        try:
-            item = validate(body)
-        except ValidationError:
-            return None  # FastAPI's handler answers the errors it always answered
-        if all_keys:
-            headers = request.headers
-            presented = presented_key(headers.get("authorization"), headers.get("x-api-key"))
-            for keys in all_keys:
-                require_key(keys, presented)
-        response: Response = await endpoint(request, item)
-        return response
-
-    return direct
-
-
-def _is_json(request: Request) -> bool:
-    """Whether the request says its body is ``application/json`` (FastAPI parses it then)."""
-    kind = request.headers.get("content-type")
-    return kind is not None and kind.partition(";")[0].strip().lower() == "application/json"
 
 
 def limit_body(endpoint: Callable[..., Any], max_bytes: int) -> None:
@@ -230,12 +175,7 @@ class UnreadableBody(ServingError):
 access_log = logging.getLogger("modal_fastapi_kit.access")
 
 _LIMIT_ATTR = "__mfk_max_body__"
-_DIRECT_ATTR = "__mfk_direct__"
-# FastAPI (0.165) builds an included route's handler with the merged route in this context
-# variable; without it the merged dependencies are unknown and nothing is called directly.
-_EFFECTIVE_ROUTE: ContextVar[Any] | None = getattr(
-    fastapi.routing, "_effective_route_context_var", None
-)
+
 _COUNTER_ATTR = "__mfk_requests__"
 
 

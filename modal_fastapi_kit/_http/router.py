@@ -36,9 +36,10 @@ from .._core.streams import ItemStream
 from .._metrics import metrics_for, watch
 from ..exceptions import DeadlineExceeded
 from .auth import ApiKeys, key_dependency
+from .direct import call_directly
 from .errors import REQUEST_ID_HEADER, ErrorBody, failure_response, request_id
 from .health import HealthBody, liveness, readiness, register_service
-from .route import KitRoute, call_directly, count_requests, limit_body
+from .route import KitRoute, count_requests, limit_body
 from .streaming import SSE_TYPE, StreamResponse, chunk_responses, wants_ndjson
 from .waiting import ClientGone, outcomes, wait_for_disconnect
 
