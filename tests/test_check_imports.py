@@ -120,6 +120,7 @@ def test_lazy_imports_in_load_that_the_image_lacks_are_named_with_the_fix(tmp_pa
 
 
 def test_the_same_imports_listed_in_packages_or_brought_by_one_pass(tmp_path):
+    _needs_the_examples_installed()
     write_service(
         tmp_path,
         load="""
@@ -399,6 +400,7 @@ def test_the_docs_show_what_mfk_check_prints_for_the_example():
 
 
 def test_the_docs_classifier_gets_the_warning_shown_and_fails_strict(tmp_path):
+    _needs_the_examples_installed()
     (tmp_path / "classifier.py").write_text(doc_block("python", "class Classifier"))
     shown = doc_block("console", "$ mfk check --strict classifier.py").splitlines()
     command, status = shown[0], shown[-1]
@@ -425,3 +427,9 @@ def test_the_docs_ci_snippet_reads_the_json_and_stops_on_warnings(tmp_path, monk
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("missing-package classifier.py:18 transformers is imported")
     assert printed[1] == "0.0 GPU-hours a month while idle"
+
+
+def _needs_the_examples_installed() -> None:
+    """These read torch's and transformers' installed metadata (the examples extra)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")

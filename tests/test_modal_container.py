@@ -127,6 +127,7 @@ def embeddings_module():
     return embeddings
 
 
+@pytest.mark.e2e  # runs the example model (torch)
 def test_gpu_class_in_a_container_matches_the_local_backend(embeddings_module):
     texts = ["hello world", "A man is eating food.", "A much longer sentence " * 12]
     with ModalContainer(embeddings_module.Embedder) as container:

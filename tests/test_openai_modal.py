@@ -50,6 +50,7 @@ def test_the_embeddings_example_deploys_split_with_a_batched_gpu_method():
     assert described["routes"].startswith("POST /v1/embeddings, GET /v1/models")
 
 
+@pytest.mark.e2e  # runs the example model (torch)
 def test_split_embeddings_answer_openai_responses_from_the_container():
     from examples.openai_embeddings import MiniLMEmbeddings
 
@@ -76,6 +77,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_lm.build(tmp_path_factory.mktemp("tiny-lm") / "model")
 
 
+@pytest.mark.e2e  # runs the example model (torch)
 def test_split_chat_streams_openai_chunks_through_the_web_tier(model_dir, monkeypatch):
     monkeypatch.setenv("TINY_LM_DIR", str(model_dir))
     from examples.chat import TinyChat
