@@ -110,6 +110,16 @@ CONTENDERS: dict[str, Contender] = {
         Contender("noop-raw", "raw ASGI app", _uvicorn("benchmarks.apps.noop:raw_app")),
         Contender("noop-fastapi", "plain FastAPI", _uvicorn("benchmarks.apps.noop:fastapi_app")),
         Contender("noop-mfk", "mfk serve", _mfk_target("benchmarks/apps/noop.py:Noop")),
+        Contender(
+            "noop-mfk-bare",
+            "mfk serve, no metrics",
+            _mfk_target("benchmarks/apps/noop.py:NoopBare"),
+        ),
+        Contender(
+            "noop-mfk-guarded",
+            "mfk serve, keys + metrics",
+            _mfk_target("benchmarks/apps/noop.py:NoopGuarded"),
+        ),
         Contender("noop-litserve", "LitServe", _module("noop_litserve"), requires="litserve"),
     )
 }

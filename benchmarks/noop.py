@@ -53,7 +53,9 @@ def table(measurements: list[Measurement], concurrency: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contenders", default=",".join(DEFAULT))
+    parser.add_argument(
+        "--contenders", default=",".join(DEFAULT), help=f"default: {','.join(DEFAULT)}"
+    )
     parser.add_argument("--concurrency", default="1,64")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)

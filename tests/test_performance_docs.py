@@ -17,7 +17,7 @@ BLOCKS = [b.code.strip() for b in fenced_blocks(PAGE)]
 
 
 def test_the_page_has_the_blocks_this_file_checks():
-    assert len(BLOCKS) == 3
+    assert len(BLOCKS) == 4
     assert all(b.lang == "" for b in fenced_blocks(PAGE))
 
 
@@ -68,3 +68,16 @@ def test_the_benchmark_s_command_line_and_the_recorded_run_s_options_parse():
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("usage: ")
+
+
+def test_the_no_op_benchmark_s_command_runs_its_help():
+    assert BLOCKS[3] == "python -m benchmarks.noop"
+    done = subprocess.run(
+        [sys.executable, *BLOCKS[3].split()[1:], "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "noop-mfk" in done.stdout

@@ -40,6 +40,16 @@ class Noop(ModelServer[EmbedIn, EmbedOut]):
         return [ANSWER] * len(items)
 
 
+@gpu_service(name="noop", route="/embed", max_batch_size=32, wait_ms=5, metrics=False)
+class NoopBare(Noop):
+    """No metrics, no keys: what those two cost per request, beside ``NoopGuarded``."""
+
+
+@gpu_service(name="noop", route="/embed", max_batch_size=32, wait_ms=5, auth="api-key")
+class NoopGuarded(Noop):
+    """Metrics on and every request's key checked (``MFK_API_KEYS``, ``BENCH_AUTHORIZATION``)."""
+
+
 fastapi_app = FastAPI()
 
 
