@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -25,6 +26,7 @@ from ._process import (
     raise_open_files_limit,
     run_on_best_loop,
 )
+from ._reload import TARGET_ENV
 
 __all__ = ["add_parser", "run"]
 
@@ -80,6 +82,12 @@ def add_parser(subparsers: Any) -> None:
         "--backlog", type=int, default=2048, help="connections waiting to be accepted"
     )
     parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart when a .py file in the service file's folder changes (development: "
+        "each restart loads the model again)",
+    )
+    parser.add_argument(
         "--proxy-headers",
         metavar="ADDRESSES",
         help="trust X-Forwarded-For/-Proto from these comma-separated proxy addresses (e.g. "
@@ -101,33 +109,47 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, access=args.access_log, as_json=args.log_format == "json")
     files = raise_open_files_limit()
     spec = service_spec(load_service(args.target))
-    router = service_router(spec)
-    header_limit: dict[str, Any] = {}
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "access_log": False,  # the kit's --access-log says more (queue, batch, model times)
+        "lifespan": "on",
+        # A request never waits past its deadline; a stream or a stuck connection that
+        # outlives it is cut, so SIGTERM ends the process in bounded time.
+        "timeout_graceful_shutdown": math.ceil(spec.config.request_timeout) + SHUTDOWN_GRACE,
+        "limit_concurrency": args.limit_concurrency or files.connection_limit(),
+        "timeout_keep_alive": args.timeout_keep_alive,
+        "backlog": args.backlog,
+        "proxy_headers": args.proxy_headers is not None,
+        "forwarded_allow_ips": args.proxy_headers,
+    }
     if args.max_header_bytes is not None:
-        header_limit = {"http": "h11", "h11_max_incomplete_event_size": args.max_header_bytes}
-    server = Server(
-        uvicorn.Config(
-            service_app(spec, router),
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            access_log=False,  # the kit's --access-log says more (queue, batch, model times)
-            lifespan="on",
-            # A request never waits past its deadline; a stream or a stuck connection that
-            # outlives it is cut, so SIGTERM ends the process in bounded time.
-            timeout_graceful_shutdown=math.ceil(spec.config.request_timeout) + SHUTDOWN_GRACE,
-            limit_concurrency=args.limit_concurrency or files.connection_limit(),
-            timeout_keep_alive=args.timeout_keep_alive,
-            backlog=args.backlog,
-            proxy_headers=args.proxy_headers is not None,
-            forwarded_allow_ips=args.proxy_headers,
-            **header_limit,
-        )
-    )
+        options.update(http="h11", h11_max_incomplete_event_size=args.max_header_bytes)
+    if args.reload:
+        return _serve_reloading(args.target, options)
+    router = service_router(spec)
+    server = Server(uvicorn.Config(service_app(spec, router), **options))
     code = run_on_best_loop(_serve(server, router.backend, spec.name))
     if signal.SIGINT in server.signals:
         raise KeyboardInterrupt  # Ctrl-C: the CLI exits 130, as a shell expects
     return code
+
+
+def _serve_reloading(target: str, options: dict[str, Any]) -> int:
+    """uvicorn's reloader: a fresh process (and a fresh load) whenever a ``.py`` file next to
+    the service file changes; the app comes from ``_reload.app``."""
+    path, _, name = target.partition(":")
+    folder = Path(path).resolve().parent
+    os.environ[TARGET_ENV] = str(Path(path).resolve()) + (f":{name}" if name else "")
+    uvicorn.run(
+        "modal_fastapi_kit.cli._reload:app",
+        factory=True,
+        reload=True,
+        reload_dirs=[str(folder)],
+        **options,
+    )
+    return 0
 
 
 async def _serve(server: Server, backend: Backend, name: str) -> int:
