@@ -24,6 +24,8 @@ import litserve as ls  # type: ignore[import-untyped]
 from litserve.specs import OpenAIEmbeddingSpec  # type: ignore[import-untyped]
 from litserve.specs.openai_embedding import EmbeddingRequest  # type: ignore[import-untyped]
 
+from benchmarks.apps._litserve import serve
+
 MAX_BATCH_SIZE = 64
 BATCH_TIMEOUT_S = 0.005  # the kit's wait_ms=5
 
@@ -79,14 +81,7 @@ def main() -> None:
         batch_timeout=args.batch_timeout if args.max_batch_size > 1 else 0.0,
         spec=OpenAIEmbeddingSpec(),
     )
-    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1)
-    server.run(
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        generate_client_file=False,
-        access_log=False,
-    )
+    serve(api, args.port)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import argparse
 
 import litserve as ls  # type: ignore[import-untyped]
 
+from benchmarks.apps._litserve import serve
 from benchmarks.apps.noop import ANSWER, EmbedIn, EmbedOut
 
 
@@ -30,14 +31,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     api = NoopAPI(max_batch_size=32, batch_timeout=0.005, api_path="/embed")
-    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1)
-    server.run(
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        generate_client_file=False,
-        access_log=False,
-    )
+    serve(api, args.port)
 
 
 if __name__ == "__main__":
