@@ -146,13 +146,17 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
-        """POST the benchmark's body until it is answered 200; return the seconds it took."""
+    def wait_ready(
+        self, request: urllib.request.Request | None = None, timeout: float = READY_TIMEOUT_S
+    ) -> float:
+        """Send ``request`` (by default the benchmark's body, POSTed to the route) until it is
+        answered 200; return the seconds it took."""
         started = time.monotonic()
-        headers = {"content-type": "application/json"}
-        if authorization := os.environ.get("BENCH_AUTHORIZATION"):  # as wrk sends it
-            headers["authorization"] = authorization
-        request = urllib.request.Request(self.url, data=BODY.encode(), headers=headers)
+        if request is None:
+            headers = {"content-type": "application/json"}
+            if authorization := os.environ.get("BENCH_AUTHORIZATION"):  # as wrk sends it
+                headers["authorization"] = authorization
+            request = urllib.request.Request(self.url, data=BODY.encode(), headers=headers)
         while (elapsed := time.monotonic() - started) < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.contender.label} exited ({self.proc.returncode})")

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from benchmarks.contenders import BIN, READY_TIMEOUT_S, ROOT, ROUTE, Contender, Server, serving
+from benchmarks.contenders import BIN, ROOT, ROUTE, Contender, serving
 from benchmarks.load import SENTENCE, Generator, available_generator, run_load
 from benchmarks.memory import TreeSampler, tree_cpu_seconds
 from benchmarks.serving import Measurement, best_of, machine
@@ -260,25 +260,6 @@ def check(url: str, label: str, expected: list[list[float]], tokens: list[int]) 
 # -- one server --------------------------------------------------------------------------------
 
 
-def wait_ready(server: Server, url: str, payload: str, timeout: float = READY_TIMEOUT_S) -> float:
-    """POST the benchmark's body until it is answered 200; return the seconds it took."""
-    started = time.monotonic()
-    request = urllib.request.Request(
-        url, data=payload.encode(), headers={"content-type": "application/json"}
-    )
-    while (elapsed := time.monotonic() - started) < timeout:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.contender.label} exited ({server.proc.returncode})")
-        with (
-            contextlib.suppress(OSError, urllib.error.URLError),
-            urllib.request.urlopen(request, timeout=5) as answer,
-        ):
-            if answer.status == 200:
-                return elapsed
-        time.sleep(0.2)
-    raise RuntimeError(f"{server.contender.label} did not answer 200 within {timeout:.0f}s")
-
-
 def drain(url: str, payload: str, timeout: float = 120.0) -> float:
     """One request, answered once the server has worked off what earlier clients left.
 
@@ -313,7 +294,11 @@ def measure_server(
         url = server.url.removesuffix(ROUTE) + PATH
         sampler = TreeSampler(server.pid).start()
         try:
-            found.ready_seconds = wait_ready(server, url, payload)
+            found.ready_seconds = server.wait_ready(
+                urllib.request.Request(
+                    url, data=payload.encode(), headers={"content-type": "application/json"}
+                )
+            )
             if contender.key not in checked:
                 checked[contender.key] = check(url, contender.label, *expected)
                 _compare_servers(checked)

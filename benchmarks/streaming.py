@@ -47,7 +47,7 @@ from typing import IO, Any
 
 import httpx
 
-from benchmarks.contenders import BIN, READY_TIMEOUT_S, ROUTE, Contender, Server, serving
+from benchmarks.contenders import BIN, ROUTE, Contender, serving
 from benchmarks.load import _percentile
 from benchmarks.memory import tree_cpu_seconds
 from benchmarks.serving import machine
@@ -419,23 +419,6 @@ class Measurement:
         return next((w for w in self.windows if w.concurrency == concurrency), None)
 
 
-def wait_ready(server: Server, timeout: float = READY_TIMEOUT_S) -> float:
-    """Poll ``GET /readyz`` until it answers 200; return the seconds it took."""
-    readyz = server.url.removesuffix(ROUTE) + "/readyz"
-    started = time.monotonic()
-    while (elapsed := time.monotonic() - started) < timeout:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.contender.label} exited ({server.proc.returncode})")
-        with (
-            contextlib.suppress(OSError, urllib.error.URLError),
-            urllib.request.urlopen(readyz, timeout=5) as answer,
-        ):
-            if answer.status == 200:
-                return elapsed
-        time.sleep(0.2)
-    raise RuntimeError(f"{server.contender.label} was not ready within {timeout:.0f}s")
-
-
 def measure_server(
     key: str,
     concurrency: list[int],
@@ -456,7 +439,9 @@ def measure_server(
     with serving(contender, log) as server:
         url = server.url.removesuffix(ROUTE) + api.path
         try:
-            found.ready_seconds = wait_ready(server)
+            found.ready_seconds = server.wait_ready(  # GET /readyz
+                urllib.request.Request(server.url.removesuffix(ROUTE) + "/readyz")
+            )
             if api is CHAT_API:
                 expected = asyncio.run(chat_answers(url, max_new_tokens))
             assert expected is not None
