@@ -15,7 +15,7 @@ from ._core.spec import API_ATTR, SPEC_ATTR, PredictHook, ServiceSpec
 from ._server import ModelServer, io_models
 from .exceptions import ConfigError
 
-__all__ = ["gpu_service"]
+__all__ = ["check_predict", "gpu_service"]
 
 S = TypeVar("S", bound=type[ModelServer[Any, Any]])
 
@@ -46,7 +46,7 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
                 "'class MyModel(ModelServer[RequestModel, ResponseModel]): ...'"
             )
         config = ServiceConfig.from_options({"name": _kebab(cls.__name__), **options})
-        _check_predict(cls, config)
+        check_predict(cls, config)
         request_model, response_model = io_models(cls)
         spec = ServiceSpec(
             server_cls=cls,
@@ -64,7 +64,8 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
     return decorate
 
 
-def _check_predict(cls: type, config: ServiceConfig) -> None:
+def check_predict(cls: type, config: ServiceConfig) -> None:
+    """Refuse a class with no predict hook, or only ``predict`` where batches are asked for."""
     has_single = callable(getattr(cls, "predict", None))
     has_batch = callable(getattr(cls, "predict_batch", None))
     if not (has_single or has_batch):

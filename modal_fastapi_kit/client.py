@@ -41,6 +41,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from ._core.spec import ServiceSpec, service_spec
+from ._http.errors import REQUEST_ID_HEADER
 from ._server import RequestT, ResponseT
 from .exceptions import (
     BackendUnavailable,
@@ -74,7 +75,6 @@ DEFAULT_RETRY_FOR = 30.0
 TIMEOUT_MARGIN = 5.0  # over the service's own deadline, so that its 504 arrives first
 FIRST_BACKOFF = 0.2  # seconds before a retry that no Retry-After times; doubled each time
 MAX_BACKOFF = 2.0
-REQUEST_ID_HEADER = "x-request-id"
 
 # What a kit 503 says (its ``detail``), and the error it is; the first match wins.
 _UNAVAILABLE: tuple[tuple[str, type[ServingError]], ...] = (

@@ -48,8 +48,8 @@ from starlette.types import ASGIApp, Message
 from ._assembly import service_app, service_router
 from ._backends.base import Backend
 from ._core.hooks import LoadState
-from ._core.spec import SPEC_ATTR, PredictHook, ServiceSpec, service_spec
-from ._decorator import _check_predict
+from ._core.spec import LIFECYCLE_HOOKS, SPEC_ATTR, PredictHook, ServiceSpec, service_spec
+from ._decorator import check_predict
 from ._server import ModelServer
 from .exceptions import ConfigError, LoadFailed, NotReadyError, Unauthorized
 
@@ -57,7 +57,7 @@ __all__ = ["DEFAULT_READY_TIMEOUT", "HOOKS", "aserve", "fake", "serve"]
 
 S = TypeVar("S", bound=type[ModelServer[Any, Any]])
 
-HOOKS = ("load", "to_device", "warmup", "health", "unload", "predict", "predict_batch")
+HOOKS = (*LIFECYCLE_HOOKS, "predict", "predict_batch")
 DEFAULT_READY_TIMEOUT = 30.0
 _POLL = 0.01  # seconds between two readiness probes
 
@@ -108,7 +108,7 @@ def fake(server_cls: S, /, **hooks: Callable[..., Any]) -> S:
             f"the fake {predict.name} of {spec.name} must match the original, which {does}: "
             f"make it {fix}"
         )
-    _check_predict(served, spec.config)
+    check_predict(served, spec.config)
     setattr(served, SPEC_ATTR, dataclasses.replace(spec, server_cls=served, predict=predict))
     return cast(S, served)
 

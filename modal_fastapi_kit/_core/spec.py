@@ -18,6 +18,7 @@ from ..exceptions import ConfigError
 
 __all__ = [
     "API_ATTR",
+    "LIFECYCLE_HOOKS",
     "SPEC_ATTR",
     "Api",
     "PredictHook",
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 SPEC_ATTR = "__mfk_spec__"
+# The ModelServer hooks besides predict / predict_batch, in the order a service runs them.
+LIFECYCLE_HOOKS = ("load", "to_device", "warmup", "health", "unload")
 API_ATTR = "__mfk_api__"  # a base class (the OpenAI-compatible ones) sets its Api here
 
 
@@ -109,9 +112,8 @@ class ServiceSpec:
 
     def any_async_hook(self) -> bool:
         """Whether any lifecycle or predict hook is a coroutine (or async generator) function."""
-        hooks = ("load", "to_device", "warmup", "health", "unload")
         return self.predict.asynchronous or any(
-            inspect.iscoroutinefunction(getattr(self.server_cls, hook)) for hook in hooks
+            inspect.iscoroutinefunction(getattr(self.server_cls, hook)) for hook in LIFECYCLE_HOOKS
         )
 
 
