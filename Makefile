@@ -83,8 +83,8 @@ lock:
 	echo "wrote $(LOCK) ($$(grep -vc '^#' $(LOCK)) packages)"
 
 # The serving benchmark (a few minutes; not part of `make test`): four servers side by side,
-# written to docs/performance.md and docs/performance.png. Benchmark-only installs: wrk, litserve
-# and matplotlib (see benchmarks/requirements.txt), kept out of the lock; the lock still holds
+# written to docs/performance.md and docs/performance.png. Benchmark-only installs: wrk, litserve,
+# matplotlib and py-spy (see benchmarks/requirements.txt), kept out of the lock; the lock still holds
 # every package they share with the project.
 bench: install
 	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
