@@ -105,6 +105,7 @@ def render(run: Run) -> str:
         f"size's rate (batch {size}). Server CPU is user plus system time of all the server's "
         "processes during the measured run, per answered request.",
         "",
+        *_rounds(run),
         "**Memory** (peak over the server's life, all its processes together):",
         "",
         "| server | peak RSS (MiB) | peak PSS (MiB) | processes | ready after (s) |",
@@ -121,6 +122,35 @@ def render(run: Run) -> str:
         lines.append(f"| {goal} | {measured} | {'yes' if met else 'no'} |")
     lines += ["", END]
     return "\n".join(lines)
+
+
+def _rounds(run: Run) -> list[str]:
+    """Every round's requests/s, and the kit against LitServe within each round: how far the
+    best-round figures above can move between rounds minutes apart."""
+    if run.rounds < 2 or not run.round_rps:
+        return []
+    lines = [
+        "**Round by round** (requests/s; the table above takes each server's best round):",
+        "",
+        "| concurrency | server | "
+        + " | ".join(f"round {n}" for n in range(1, run.rounds + 1))
+        + " |",
+        "|---:|---|" + "---:|" * run.rounds,
+    ]
+    labels = {m.key: m.label for m in run.measurements}
+    for c in run.concurrency:
+        for key, per_level in run.round_rps.items():
+            figures = " | ".join(f"{rps:.0f}" for rps in per_level.get(c, []))
+            lines.append(f"| {c} | {labels.get(key, key)} | {figures} |")
+    mfk, lit = run.round_rps.get("mfk", {}), run.round_rps.get("litserve", {})
+    top = max(run.concurrency)
+    if mfk.get(top) and lit.get(top):
+        pairs = [_ratio(a, b) for a, b in zip(mfk[top], lit[top], strict=True)]
+        lines += [
+            "",
+            f"mfk serve / LitServe at concurrency {top}, same round: {', '.join(pairs)}.",
+        ]
+    return [*lines, ""]
 
 
 def goals(run: Run) -> list[tuple[str, str, bool]]:

@@ -90,6 +90,8 @@ class Run:
     imports: dict[str, Any] | None = None
     load_before: str = ""
     load_after: str = ""
+    # Per server and concurrency, requests/s of every round in order (the best is above).
+    round_rps: dict[str, dict[int, list[float]]] = field(default_factory=dict)
 
 
 def machine() -> dict[str, str]:
@@ -217,6 +219,12 @@ def best_of(rounds: list[Measurement]) -> Measurement:
     return merged
 
 
+def _round_rps(rounds: list[Measurement]) -> dict[int, list[float]]:
+    """Requests/s at each concurrency, one figure per round (0 where the round failed)."""
+    levels = sorted({r.concurrency for m in rounds for r in m.results})
+    return {c: [round(r.rps, 1) if (r := m.at(c)) else 0.0 for m in rounds] for c in levels}
+
+
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -310,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         imports={**asdict(cost), "share": cost.share},
         load_before=load_before,
         load_after=_loadavg(),
+        round_rps={key: _round_rps([r[key] for r in per_round]) for key in keys},
     )
     if args.json:
         args.json.write_text(json.dumps(asdict(run), indent=1) + "\n")
