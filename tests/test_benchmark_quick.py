@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from benchmarks.load import parse_wrk
-from benchmarks.report import BEGIN, END
+from benchmarks.load import LoadResult, parse_wrk
+from benchmarks.report import BEGIN, END, render
 from tests._servers import ROOT
 
 
@@ -105,3 +105,80 @@ def test_the_noop_benchmark_prints_its_table() -> None:
     for row in rows:
         requests_per_s = float(row.split("|")[2].strip().replace(",", ""))
         assert requests_per_s > 0, row
+
+
+def _quick(module: str, tmp_path, *options: str) -> dict:
+    """Run ``python -m benchmarks.<module> --quick`` with ``options``; its JSON figures."""
+    out = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", "--quick", *options, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip(), "no report printed"
+    figures: dict = json.loads(out.read_text())
+    return figures
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_the_openai_embeddings_benchmark_checks_and_measures(tmp_path) -> None:
+    run = _quick(
+        "openai_embeddings",
+        tmp_path,
+        *("--contenders", "mfk", "--concurrency", "1,4", "--load-generator", "python"),
+    )
+    (best,) = run["best"]
+    assert best["key"] == "mfk" and best["error"] is None
+    assert run["checked"]["mfk"]["max_diff"] < 1e-4  # its vectors were checked first
+    assert [r["concurrency"] for r in best["results"]] == [1, 4]
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in best["results"]), best
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_the_streaming_benchmark_measures_both_apis(tmp_path) -> None:
+    run = _quick(
+        "streaming",
+        tmp_path,
+        *("--contenders", "batched,chat", "--concurrency", "1,2", "--max-new-tokens", "8"),
+    )
+    assert [m["key"] for m in run["best"]] == ["batched", "chat"]
+    for found in run["best"]:
+        assert found["error"] is None, found
+        for window in found["windows"]:
+            assert window["requests"] > 0 and window["errors"] == 0, window
+            assert window["first_p50_ms"] is not None and window["chunks"] > 0, window
+
+
+def test_the_report_shows_every_round_and_the_same_round_ratio() -> None:
+    from benchmarks.serving import Measurement, Run
+
+    def served(key: str, label: str, rps: float) -> Measurement:
+        result = LoadResult(
+            concurrency=64, requests=int(rps * 10), seconds=10.0, p50_ms=1.0, p99_ms=2.0, errors=0
+        )
+        return Measurement(key=key, label=label, results=[result], cpu_ms_per_request={64: 1.0})
+
+    run = Run(
+        command="python -m benchmarks.serving",
+        machine={"cpu": "cpu", "memory": "1 GiB", "os": "os", "python": "3", "packages": ""},
+        generator="wrk",
+        seconds=10.0,
+        rounds=2,
+        concurrency=[64],
+        ceiling={32: 500.0},
+        ceiling_cpu_ms={32: 4.0},
+        ceiling_rss=0,
+        measurements=[served("litserve", "LitServe", 300.0), served("mfk", "mfk serve", 400.0)],
+        round_rps={"litserve": {64: [300.0, 200.0]}, "mfk": {64: [360.0, 400.0]}},
+    )
+    report = render(run)
+    assert "| 64 | LitServe | 300 | 200 |" in report
+    assert "| 64 | mfk serve | 360 | 400 |" in report
+    assert "same round: 1.20x, 2.00x." in report
+    # The goal is checked on the best rounds (400 against 300), not on a chosen pair.
+    assert "| concurrency 64: req/s ≥ 1.5x LitServe | 1.33x | no |" in report
