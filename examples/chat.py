@@ -30,6 +30,7 @@ from modal_fastapi_kit.openai import ChatRequest, ChatServer
     packages=["torch==2.13.0", "transformers>=4.40", "tokenizers>=0.19"],
     local_sources=["examples"],
     max_concurrent_inputs=32,
+    max_containers=4,  # at most 4 GPUs at once, whatever the load
 )
 class TinyChat(ChatServer):
     """A 149k-parameter chat model, for trying the OpenAI clients against."""

@@ -36,6 +36,7 @@ class EmbedOut(BaseModel):
     route="/embed",
     max_batch_size=32,
     wait_ms=5,
+    max_containers=4,  # at most 4 GPUs at once, whatever the load
 )
 class Embedder(ModelServer[EmbedIn, EmbedOut]):
     """all-MiniLM-L6-v2 sentence embeddings."""

@@ -44,6 +44,7 @@ class Piece(BaseModel):
     max_batch_size=16,
     wait_ms=2,
     max_concurrent_inputs=64,
+    max_containers=4,  # at most 4 GPUs at once, whatever the load
 )
 class Generator(ModelServer[GenerateIn, Piece]):
     """Greedy continuation of a prompt, streamed piece by piece."""

@@ -28,6 +28,7 @@ from modal_fastapi_kit.openai import EmbeddingServer
     local_sources=["examples"],
     max_batch_size=64,
     wait_ms=5,
+    max_containers=4,  # at most 4 GPUs at once, whatever the load
 )
 class MiniLMEmbeddings(EmbeddingServer):
     """all-MiniLM-L6-v2 sentence embeddings, OpenAI-style."""
