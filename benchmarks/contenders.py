@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -128,14 +128,21 @@ CONTENDERS: dict[str, Contender] = {
 class Server:
     """One running contender."""
 
-    def __init__(self, contender: Contender, port: int, log: IO[str]) -> None:
+    def __init__(
+        self,
+        contender: Contender,
+        port: int,
+        log: IO[str],
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``env``: variables to set for this server on top of this process's environment."""
         self.contender = contender
         self.url = f"http://127.0.0.1:{port}{ROUTE}"
         self.log = log
         self.proc = subprocess.Popen(
             contender.command(port),
             cwd=ROOT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -200,9 +207,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(contender: Contender, log: IO[str]) -> Iterator[Server]:
-    """Start ``contender`` and stop it on the way out, whatever happened."""
-    server = Server(contender, free_port(), log)
+def serving(
+    contender: Contender, log: IO[str], env: Mapping[str, str] | None = None
+) -> Iterator[Server]:
+    """Start ``contender`` (with ``env`` added) and stop it on the way out, whatever happened."""
+    server = Server(contender, free_port(), log, env)
     try:
         yield server
     finally:

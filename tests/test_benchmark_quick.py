@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -182,3 +183,51 @@ def test_the_report_shows_every_round_and_the_same_round_ratio() -> None:
     assert "same round: 1.20x, 2.00x." in report
     # The goal is checked on the best rounds (400 against 300), not on a chosen pair.
     assert "| concurrency 64: req/s ≥ 1.5x LitServe | 1.33x | no |" in report
+
+
+def test_a_paired_server_spec_names_a_contender_and_its_environment() -> None:
+    from benchmarks.paired import parse_arm
+
+    arm = parse_arm("mfk:GOMP_SPINCOUNT=300000,OMP_NUM_THREADS=1")
+    assert (arm.key, arm.env) == ("mfk", {"GOMP_SPINCOUNT": "300000", "OMP_NUM_THREADS": "1"})
+    assert parse_arm("plain").env == {}
+    with pytest.raises(ValueError, match="unknown contender 'fastapi'"):
+        parse_arm("fastapi")
+    with pytest.raises(ValueError, match="'SPIN' in 'mfk:SPIN' is not NAME=VALUE"):
+        parse_arm("mfk:SPIN")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_contender_starts_with_the_environment_it_is_given(tmp_path) -> None:
+    from benchmarks.contenders import CONTENDERS, serving
+
+    with (
+        (tmp_path / "log").open("w") as log,
+        serving(CONTENDERS["noop-raw"], log, {"BENCH_PROBE": "paired"}) as server,
+    ):
+        server.wait_ready(timeout=60)
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+    assert b"BENCH_PROBE=paired" in environ
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_the_paired_benchmark_compares_servers_round_by_round(tmp_path) -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.paired", "noop-mfk", "noop-fastapi"),
+            *("--rounds", "2", "--seconds", "0.5", "--warmup", "0.2", "--concurrency", "4"),
+            *("--load-generator", "python", "--json", str(tmp_path / "run.json")),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    arms = json.loads((tmp_path / "run.json").read_text())
+    assert [a["spec"] for a in arms] == ["noop-mfk", "noop-fastapi"]
+    for arm in arms:
+        assert len(arm["rps"]) == 2 and min(arm["rps"]) > 0 and arm["errors"] == 0, arm
+    assert "| noop-mfk | " in done.stdout and "| 1.000 | 1.00 1.00 |" in done.stdout
