@@ -9,6 +9,8 @@ started first and stays up; each round then drives them one after the other for 
 seconds (every other round in reverse order), so each round compares the servers under the
 same conditions. The report is, per server, the median over the rounds of its requests/s
 divided by the first server's in the same round, with its median p50 and CPU per request.
+A server that uses CPU while it is not driven slows the others' runs; the report shows that
+CPU for each server and says when it makes the comparison unfair.
 
 A server is a contender's key (``benchmarks/contenders.py``), optionally followed by
 ``:NAME=VALUE,...`` environment variables it is started with.
@@ -21,6 +23,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +33,8 @@ from benchmarks.load import Generator, available_generator, run_load
 from benchmarks.memory import tree_cpu_seconds
 
 __all__ = ["Arm", "compare", "parse_arm"]
+
+IDLE_LIMIT = 0.05  # cores a server may keep busy while idle before the report calls it unfair
 
 
 @dataclass
@@ -43,6 +48,13 @@ class Arm:
     p50_ms: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)  # server CPU per request
     errors: int = 0
+    idle_cpu_s: float = 0.0  # CPU it used while the other servers were driven
+    idle_s: float = 0.0
+
+    @property
+    def idle_share(self) -> float:
+        """Cores it kept busy while idle: what it took from the others' runs."""
+        return self.idle_cpu_s / self.idle_s if self.idle_s else 0.0
 
 
 def parse_arm(spec: str) -> Arm:
@@ -82,9 +94,16 @@ def compare(
             order = list(range(len(arms)))
             for index in order if number % 2 == 0 else order[::-1]:
                 arm, server = arms[index], servers[index]
-                cpu_before = tree_cpu_seconds(server.pid)
+                before = [tree_cpu_seconds(s.pid) for s in servers]
+                started = time.monotonic()
                 result = run_load(generator, server.url, concurrency=concurrency, duration=seconds)
-                cpu = tree_cpu_seconds(server.pid) - cpu_before
+                elapsed = time.monotonic() - started
+                used = [tree_cpu_seconds(s.pid) - b for s, b in zip(servers, before, strict=True)]
+                cpu = used[index]
+                for other, other_cpu in zip(arms, used, strict=True):
+                    if other is not arm:
+                        other.idle_cpu_s += other_cpu
+                        other.idle_s += elapsed
                 arm.rps.append(result.rps)
                 arm.p50_ms.append(result.p50_ms)
                 arm.cpu_ms.append(1000 * cpu / max(result.requests, 1))
@@ -99,8 +118,8 @@ def report(arms: list[Arm], concurrency: int) -> str:
         "same round",
         "",
         "| server | median req/s | median ratio | ratios by round | median p50 ms "
-        "| median CPU ms/req | errors |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| median CPU ms/req | errors | CPU while idle |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for arm in arms:
         ratios = [a / b if b else 0.0 for a, b in zip(arm.rps, first.rps, strict=True)]
@@ -108,8 +127,16 @@ def report(arms: list[Arm], concurrency: int) -> str:
             f"| {arm.spec} | {statistics.median(arm.rps):.0f} "
             f"| {statistics.median(ratios):.3f} | {' '.join(f'{r:.2f}' for r in ratios)} "
             f"| {statistics.median(arm.p50_ms):.1f} | {statistics.median(arm.cpu_ms):.3f} "
-            f"| {arm.errors} |"
+            f"| {arm.errors} | {100 * arm.idle_share:.0f}% of a core |"
         )
+    for arm in arms:
+        if arm.idle_share > IDLE_LIMIT:
+            lines.append(
+                f"\nwarning: {arm.spec} kept {100 * arm.idle_share:.0f}% of a core busy while "
+                "the others were driven, which slowed their runs: this comparison is unfair "
+                "to them; compare it with python -m benchmarks.serving, which runs one server "
+                "at a time"
+            )
     return "\n".join(lines)
 
 

@@ -231,3 +231,7 @@ def test_the_paired_benchmark_compares_servers_round_by_round(tmp_path) -> None:
     for arm in arms:
         assert len(arm["rps"]) == 2 and min(arm["rps"]) > 0 and arm["errors"] == 0, arm
     assert "| noop-mfk | " in done.stdout and "| 1.000 | 1.00 1.00 |" in done.stdout
+    # Neither server works while the other is driven, so the comparison is called fair.
+    for arm in arms:
+        assert arm["idle_s"] > 0 and arm["idle_cpu_s"] / arm["idle_s"] < 0.05, arm
+    assert "CPU while idle" in done.stdout and "warning" not in done.stdout
