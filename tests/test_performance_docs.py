@@ -17,7 +17,7 @@ BLOCKS = [b.code.strip() for b in fenced_blocks(PAGE)]
 
 
 def test_the_page_has_the_blocks_this_file_checks():
-    assert len(BLOCKS) == 4
+    assert len(BLOCKS) == 5
     assert all(b.lang == "" for b in fenced_blocks(PAGE))
 
 
@@ -70,10 +70,28 @@ def test_the_benchmark_s_command_line_and_the_recorded_run_s_options_parse():
         assert done.stdout.startswith("usage: ")
 
 
-def test_the_no_op_benchmark_s_command_runs_its_help():
-    assert BLOCKS[3] == "python -m benchmarks.noop"
+def test_the_side_by_side_command_names_servers_the_benchmark_knows():
+    from benchmarks.paired import parse_arm
+
+    command = BLOCKS[3].split()
+    assert command[:3] == ["python", "-m", "benchmarks.paired"]
+    servers = [arg for arg in command[3:] if not arg.startswith("-") and not arg.isdigit()]
+    assert [parse_arm(spec).key for spec in servers] == ["mfk", "plain"]
     done = subprocess.run(
-        [sys.executable, *BLOCKS[3].split()[1:], "--help"],
+        [sys.executable, *command[1:], "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--concurrency" in done.stdout
+
+
+def test_the_no_op_benchmark_s_command_runs_its_help():
+    assert BLOCKS[4] == "python -m benchmarks.noop"
+    done = subprocess.run(
+        [sys.executable, *BLOCKS[4].split()[1:], "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
