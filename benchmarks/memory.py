@@ -7,8 +7,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TreeSampler", "tree_cpu_seconds", "tree_pids"]
+__all__ = ["IDLE_SECONDS", "TreeSampler", "tree_cpu_seconds", "tree_pids"]
 
+IDLE_SECONDS = 2.0  # how long a ready server is left unused to measure its CPU at rest
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICK = os.sysconf("SC_CLK_TCK")
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchmarks.memory import IDLE_SECONDS
+
 if TYPE_CHECKING:
     from benchmarks.serving import Measurement, Run
 
@@ -106,16 +108,19 @@ def render(run: Run) -> str:
         "processes during the measured run, per answered request.",
         "",
         *_rounds(run),
-        "**Memory** (peak over the server's life, all its processes together):",
+        "**Memory and rest** (peak over the server's life, all its processes together; CPU "
+        f"while idle over {IDLE_SECONDS:.0f} s after it answered its first request, the lowest "
+        "of any round):",
         "",
-        "| server | peak RSS (MiB) | peak PSS (MiB) | processes | ready after (s) |",
-        "|---|---:|---:|---:|---:|",
-        f"| ceiling (in-process model) | {run.ceiling_rss / MiB:.0f} | | 1 | |",
+        "| server | peak RSS (MiB) | peak PSS (MiB) | processes | ready after (s) "
+        "| CPU while idle |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| ceiling (in-process model) | {run.ceiling_rss / MiB:.0f} | | 1 | | |",
     ]
     for m in run.measurements:
         lines.append(
             f"| {m.label} | {m.peak_rss / MiB:.0f} | {m.peak_pss / MiB:.0f} | {m.processes} "
-            f"| {m.ready_seconds:.1f} |"
+            f"| {m.ready_seconds:.1f} | {100 * m.idle_cores:.0f}% of a core |"
         )
     lines += ["", "**Goals** (same run):", "", "| goal | measured | met |", "|---|---|---|"]
     for goal, measured, met in goals(run):

@@ -33,7 +33,7 @@ from typing import Any
 from benchmarks import imports
 from benchmarks.contenders import CONTENDERS, DEFAULT_CONTENDERS, ROOT, serving
 from benchmarks.load import Generator, LoadResult, available_generator, run_load
-from benchmarks.memory import TreeSampler, tree_cpu_seconds
+from benchmarks.memory import IDLE_SECONDS, TreeSampler, tree_cpu_seconds
 from benchmarks.report import write_plot, write_report
 
 __all__ = ["Ceiling", "Measurement", "Preset", "Run", "best_of", "main"]
@@ -67,6 +67,7 @@ class Measurement:
     processes: int = 0
     ready_seconds: float = 0.0
     cpu_ms_per_request: dict[int, float] = field(default_factory=dict)
+    idle_cores: float = 0.0  # CPU its processes used while ready and unused, in cores
     error: str | None = None
 
     def at(self, concurrency: int) -> LoadResult | None:
@@ -173,6 +174,9 @@ def measure_server(
         sampler = TreeSampler(server.pid).start()
         try:
             found.ready_seconds = server.wait_ready()
+            idle_before = tree_cpu_seconds(server.pid)
+            time.sleep(IDLE_SECONDS)
+            found.idle_cores = (tree_cpu_seconds(server.pid) - idle_before) / IDLE_SECONDS
             for c in concurrency:
                 _say(f"  {key}: concurrency {c}")
                 run_load(generator, server.url, concurrency=c, duration=warmup)
@@ -201,7 +205,7 @@ def best_of(rounds: list[Measurement]) -> Measurement:
 
     Load from other work on a shared machine only ever slows a run down, so the best round
     is the closest to what the server can do; every contender is treated the same way.
-    Memory is the highest peak of any round.
+    Memory is the highest peak of any round, CPU while idle the lowest of any round.
     """
     first = rounds[0]
     merged = Measurement(key=first.key, label=first.label, ready_seconds=first.ready_seconds)
@@ -214,6 +218,7 @@ def best_of(rounds: list[Measurement]) -> Measurement:
     merged.peak_rss = max(m.peak_rss for m in rounds)
     merged.peak_pss = max(m.peak_pss for m in rounds)
     merged.processes = max(m.processes for m in rounds)
+    merged.idle_cores = min(m.idle_cores for m in rounds)
     errors = [m.error for m in rounds if m.error]
     merged.error = "; ".join(errors) if errors else None
     return merged

@@ -55,6 +55,9 @@ def test_quick_mode_serves_measures_and_reports(tmp_path) -> None:
         cells = [c.strip() for c in row.strip("|").split("|")]
         requests_per_s, errors = float(cells[2]), int(cells[5])
         assert requests_per_s > 0 and errors == 0, row
+    # Loaded and unused, the kit's process does nothing.
+    (kit_rest,) = [line for line in report.splitlines() if line.startswith("| mfk serve | ")]
+    assert kit_rest.endswith("% of a core |") and int(kit_rest.split("|")[-2].split("%")[0]) < 20
 
 
 @pytest.mark.e2e
@@ -158,11 +161,13 @@ def test_the_streaming_benchmark_measures_both_apis(tmp_path) -> None:
 def test_the_report_shows_every_round_and_the_same_round_ratio() -> None:
     from benchmarks.serving import Measurement, Run
 
-    def served(key: str, label: str, rps: float) -> Measurement:
+    def served(key: str, label: str, rps: float, idle: float = 0.0) -> Measurement:
         result = LoadResult(
             concurrency=64, requests=int(rps * 10), seconds=10.0, p50_ms=1.0, p99_ms=2.0, errors=0
         )
-        return Measurement(key=key, label=label, results=[result], cpu_ms_per_request={64: 1.0})
+        return Measurement(
+            key=key, label=label, results=[result], cpu_ms_per_request={64: 1.0}, idle_cores=idle
+        )
 
     run = Run(
         command="python -m benchmarks.serving",
@@ -174,13 +179,17 @@ def test_the_report_shows_every_round_and_the_same_round_ratio() -> None:
         ceiling={32: 500.0},
         ceiling_cpu_ms={32: 4.0},
         ceiling_rss=0,
-        measurements=[served("litserve", "LitServe", 300.0), served("mfk", "mfk serve", 400.0)],
+        measurements=[
+            served("litserve", "LitServe", 300.0, idle=1.09),
+            served("mfk", "mfk serve", 400.0, idle=0.002),
+        ],
         round_rps={"litserve": {64: [300.0, 200.0]}, "mfk": {64: [360.0, 400.0]}},
     )
     report = render(run)
     assert "| 64 | LitServe | 300 | 200 |" in report
     assert "| 64 | mfk serve | 360 | 400 |" in report
     assert "same round: 1.20x, 2.00x." in report
+    assert "| 109% of a core |" in report and "| 0% of a core |" in report
     # The goal is checked on the best rounds (400 against 300), not on a chosen pair.
     assert "| concurrency 64: req/s ≥ 1.5x LitServe | 1.33x | no |" in report
 
