@@ -15,6 +15,20 @@ from benchmarks.report import BEGIN, END, render
 from tests._servers import ROOT
 
 
+def bench(module: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run ``python -m benchmarks.<module> ARGS`` from the repository; what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def test_parse_wrk_reads_the_line_the_lua_script_prints() -> None:
     output = (
         "Running 10s test @ http://127.0.0.1:8000/embed\n"
@@ -35,18 +49,11 @@ def test_parse_wrk_without_the_line_says_what_wrk_printed() -> None:
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_quick_mode_serves_measures_and_reports(tmp_path) -> None:
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.serving", "--quick"),
-            *("--contenders", "plain,mfk", "--concurrency", "1,16"),
-            *("--load-generator", "python", "--out-dir", str(tmp_path)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=220,
+    bench(
+        "serving",
+        *("--quick", "--contenders", "plain,mfk", "--concurrency", "1,16"),
+        *("--load-generator", "python", "--out-dir", str(tmp_path)),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "performance.md").read_text()
     assert BEGIN in report and END in report
     rows = [line for line in report.splitlines() if line.startswith(("| 1 |", "| 16 |"))]
@@ -65,20 +72,13 @@ def test_quick_mode_serves_measures_and_reports(tmp_path) -> None:
 def test_the_tuned_contender_takes_the_gpu_scripts_settings(tmp_path) -> None:
     """What benchmarks/gpu.sh runs, on this machine's CPU: dtype and batch bound from the
     environment, the ceiling at the batch sizes asked for."""
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.serving", "--quick"),
-            *("--contenders", "mfk-tuned", "--concurrency", "4", "--batch-sizes", "1,2"),
-            *("--load-generator", "python", "--out-dir", str(tmp_path)),
-            *("--json", str(tmp_path / "run.json")),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "BENCH_DTYPE": "bfloat16", "BENCH_MAX_BATCH_SIZE": "2"},
-        capture_output=True,
-        text=True,
-        timeout=220,
+    bench(
+        "serving",
+        *("--quick", "--contenders", "mfk-tuned", "--concurrency", "4", "--batch-sizes", "1,2"),
+        *("--load-generator", "python", "--out-dir", str(tmp_path)),
+        *("--json", str(tmp_path / "run.json")),
+        env={"BENCH_DTYPE": "bfloat16", "BENCH_MAX_BATCH_SIZE": "2"},
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads((tmp_path / "run.json").read_text())
     assert sorted(run["ceiling"]) == ["1", "2"]
     (served,) = run["measurements"]
@@ -88,19 +88,12 @@ def test_the_tuned_contender_takes_the_gpu_scripts_settings(tmp_path) -> None:
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_the_noop_benchmark_prints_its_table() -> None:
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.noop", "--rounds", "1"),
-            *("--contenders", "noop-raw,noop-fastapi,noop-mfk", "--concurrency", "1,8"),
-            *("--seconds", "1", "--warmup", "0.5"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=220,
+    printed = bench(
+        "noop",
+        *("--rounds", "1", "--contenders", "noop-raw,noop-fastapi,noop-mfk"),
+        *("--concurrency", "1,8", "--seconds", "1", "--warmup", "0.5"),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    rows = [line for line in printed.splitlines() if line.startswith("| ")][1:]
     assert [row.split("|")[1].strip() for row in rows] == [
         "raw ASGI app",
         "plain FastAPI",
@@ -114,15 +107,7 @@ def test_the_noop_benchmark_prints_its_table() -> None:
 def _quick(module: str, tmp_path, *options: str) -> dict:
     """Run ``python -m benchmarks.<module> --quick`` with ``options``; its JSON figures."""
     out = tmp_path / "run.json"
-    done = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{module}", "--quick", *options, "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=220,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip(), "no report printed"
+    assert bench(module, "--quick", *options, "--json", str(out)).strip(), "no report printed"
     figures: dict = json.loads(out.read_text())
     return figures
 
@@ -223,24 +208,17 @@ def test_a_contender_starts_with_the_environment_it_is_given(tmp_path) -> None:
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
 def test_the_paired_benchmark_compares_servers_round_by_round(tmp_path) -> None:
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.paired", "noop-mfk", "noop-fastapi"),
-            *("--rounds", "2", "--seconds", "0.5", "--warmup", "0.2", "--concurrency", "4"),
-            *("--load-generator", "python", "--json", str(tmp_path / "run.json")),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=220,
+    printed = bench(
+        *("paired", "noop-mfk", "noop-fastapi"),
+        *("--rounds", "2", "--seconds", "0.5", "--warmup", "0.2", "--concurrency", "4"),
+        *("--load-generator", "python", "--json", str(tmp_path / "run.json")),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     arms = json.loads((tmp_path / "run.json").read_text())
     assert [a["spec"] for a in arms] == ["noop-mfk", "noop-fastapi"]
     for arm in arms:
         assert len(arm["rps"]) == 2 and min(arm["rps"]) > 0 and arm["errors"] == 0, arm
-    assert "| noop-mfk | " in done.stdout and "| 1.000 | 1.00 1.00 |" in done.stdout
+    assert "| noop-mfk | " in printed and "| 1.000 | 1.00 1.00 |" in printed
     # Neither server works while the other is driven, so the comparison is called fair.
     for arm in arms:
         assert arm["idle_s"] > 0 and arm["idle_cpu_s"] / arm["idle_s"] < 0.05, arm
-    assert "CPU while idle" in done.stdout and "warning" not in done.stdout
+    assert "CPU while idle" in printed and "warning" not in printed

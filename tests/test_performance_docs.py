@@ -77,25 +77,22 @@ def test_the_side_by_side_command_names_servers_the_benchmark_knows():
     assert command[:3] == ["python", "-m", "benchmarks.paired"]
     servers = [arg for arg in command[3:] if not arg.startswith("-") and not arg.isdigit()]
     assert [parse_arm(spec).key for spec in servers] == ["mfk", "plain"]
-    done = subprocess.run(
-        [sys.executable, *command[1:], "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "--concurrency" in done.stdout
+    assert "--concurrency" in help_of(BLOCKS[3])
 
 
 def test_the_no_op_benchmark_s_command_runs_its_help():
     assert BLOCKS[4] == "python -m benchmarks.noop"
+    assert "noop-mfk" in help_of(BLOCKS[4])
+
+
+def help_of(command: str) -> str:
+    """What ``command`` (a ``python -m ...`` line of the page) prints for ``--help``."""
     done = subprocess.run(
-        [sys.executable, *BLOCKS[4].split()[1:], "--help"],
+        [sys.executable, *command.split()[1:], "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "noop-mfk" in done.stdout
+    return done.stdout
