@@ -12,7 +12,7 @@ from .._core.recorder import NO_RECORDER, Recorder, Trace
 from .._core.spec import ServiceSpec
 from .._core.streams import StreamBatch
 from .._metrics import metrics_for
-from ..exceptions import LoadFailed, ModelStalled, NotReadyError
+from ..exceptions import ErrorCode, LoadFailed, ModelStalled, NotReadyError
 
 __all__ = ["LocalBackend"]
 
@@ -157,16 +157,12 @@ class LocalBackend:
         if batcher is None or self._stopped or self.runtime.state is not LoadState.READY:
             if self.state is LoadState.FAILED:
                 raise LoadFailed(LOAD_FAILED)
-            raise NotReadyError(self._not_ready_reason())
+            if self.state is LoadState.STOPPED:
+                raise NotReadyError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
+            raise NotReadyError("the model is still loading; retry shortly")
         if self.runtime.stalled is not None:
             raise self.runtime.stalled
         return batcher.submit(item, deadline=deadline, trace=trace)
-
-    def _not_ready_reason(self) -> str:
-        state = self.state
-        if state is LoadState.STOPPED:
-            return "the server is shutting down"
-        return "the model is still loading; retry shortly"
 
     async def healthy(self) -> bool:
         return self.state is LoadState.READY and await self.runtime.healthy()

@@ -47,6 +47,7 @@ from .._core.wire import (
 from ..exceptions import (
     BackendUnavailable,
     DeadlineExceeded,
+    ErrorCode,
     NotReadyError,
     PredictError,
     QueueFullError,
@@ -173,7 +174,7 @@ class ModalBackend:
             if self._state is LoadState.FAILED:
                 raise BackendUnavailable(UNAVAILABLE, internal=f"the {self.target}: {self._error}")
             if self._state is LoadState.STOPPED:
-                raise NotReadyError("the server is shutting down")
+                raise NotReadyError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
             raise NotReadyError(f"still looking up the {self.target}; retry shortly")
         if len(self._calls) >= self.config.max_queue_size:
             raise QueueFullError(
@@ -230,7 +231,7 @@ class ModalBackend:
                     return
                 stream.put(chunk)
         except asyncio.CancelledError:
-            stream.finish(NotReadyError("the stream was stopped"))
+            stream.finish(NotReadyError("the stream was stopped", code=ErrorCode.SHUTTING_DOWN))
             raise
         except Exception as exc:
             stream.finish(map_modal_error(exc, self))

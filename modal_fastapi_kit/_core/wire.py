@@ -7,11 +7,11 @@ another name:
 =========================================  =======================================
 ``{"ok": <response JSON>}``                the item's result
 ``{"chunk": <response JSON>}``             one chunk of a stream
-``{"error": {"type", "status", "detail"}}``  that item's (or stream's) failure
+``{"error": {"code", "status", "detail"}}``  that item's (or stream's) failure
 =========================================  =======================================
 
-``type`` names one of the kit's ``ServingError`` classes, so an ``InputError`` raised on the
-GPU is answered with its own 4xx by the web tier, and a stalled model with 503.
+``code`` is the error's ``ErrorCode``, so an ``InputError`` raised on the GPU is answered
+with its own 4xx and code by the web tier, and a stalled model with 503 ``stalled``.
 """
 
 from __future__ import annotations
@@ -20,15 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..exceptions import (
-    DeadlineExceeded,
-    InputError,
-    ModelStalled,
-    NotReadyError,
-    PredictError,
-    QueueFullError,
-    ServingError,
-)
+from ..exceptions import ERROR_CODES, ErrorCode, PredictError, ServingError, error_for
 
 __all__ = [
     "PREDICT_METHOD",
@@ -49,18 +41,6 @@ Wire = dict[str, Any]
 PREDICT_METHOD = "mfk_predict"
 STREAM_METHOD = "mfk_stream"
 
-# The errors that may cross the wire, by name; anything else arrives as a PredictError.
-_ERRORS: dict[str, type[ServingError]] = {
-    cls.__name__: cls
-    for cls in (
-        InputError,
-        NotReadyError,
-        ModelStalled,
-        QueueFullError,
-        DeadlineExceeded,
-        PredictError,
-    )
-}
 
 
 def encode_request(item: BaseModel) -> Wire:
@@ -102,8 +82,7 @@ def decode_chunk(model: type[BaseModel], wire: Any) -> BaseModel | ServingError:
 
 
 def _encode_error(error: ServingError) -> Wire:
-    name = type(error).__name__ if type(error).__name__ in _ERRORS else "PredictError"
-    return {"type": name, "status": error.status_code, "detail": error.detail}
+    return {"code": error.code.value, "status": error.status_code, "detail": error.detail}
 
 
 def _decode(model: type[BaseModel], wire: Any, key: str) -> BaseModel | ServingError:
@@ -116,10 +95,13 @@ def _decode(model: type[BaseModel], wire: Any, key: str) -> BaseModel | ServingE
                 f"({exc.error_count()} validation errors); deploy both tiers from the same code"
             )
     if isinstance(wire, dict) and isinstance(error := wire.get("error"), dict):
-        cls = _ERRORS.get(str(error.get("type")), PredictError)
         detail = str(error.get("detail", "the GPU tier failed"))
+        try:
+            code = ErrorCode(error.get("code"))
+        except ValueError:
+            return PredictError(detail)
         status = error.get("status")
-        if cls is InputError and isinstance(status, int) and 400 <= status <= 499:
-            return InputError(detail, status_code=status)
-        return cls(detail)
+        if ERROR_CODES[code].status is None and isinstance(status, int) and 400 <= status <= 499:
+            return error_for(code, detail, status_code=status)
+        return error_for(code, detail, retry_after=ERROR_CODES[code].error.retry_after)
     return PredictError(f"the GPU tier answered {type(wire).__name__}, not an envelope")

@@ -1,4 +1,5 @@
-"""The error contract: every error the routes answer is ``ErrorBody`` JSON with the request id.
+"""The error contract: every error the routes answer is ``ErrorBody`` JSON, with its ``code``
+and the request id.
 
 A ``ServingError`` keeps its status and, for an ``InputError``, its message; a failure inside
 the model (``PredictError``, or anything unexpected) is logged with the request id and the
@@ -12,9 +13,9 @@ import os
 import re
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
+from .._protocol import REQUEST_ID_HEADER, ErrorBody
 from ..exceptions import PredictError, ServingError
 
 __all__ = [
@@ -28,15 +29,7 @@ __all__ = [
 
 logger = logging.getLogger("modal_fastapi_kit")
 
-REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class ErrorBody(BaseModel):
-    """The body of every error this router answers, except FastAPI's own 422."""
-
-    detail: str
-    request_id: str | None = None
 
 
 def request_id(request: HTTPConnection) -> str:
@@ -56,7 +49,9 @@ def public_error(error: BaseException, request_id: str) -> ServingError:
         error = wrapped
     if isinstance(error, PredictError):
         logger.error("request %s failed: %s", request_id, error)
-        return PredictError("predict failed; quote the request id when reporting it")
+        return PredictError(
+            "predict failed; quote the request id when reporting it", code=error.code
+        )
     if error.internal is not None:
         logger.warning("request %s: %s (%s)", request_id, error, error.internal)
     return error
@@ -70,7 +65,7 @@ def error_response(exc: ServingError, request_id: str | None) -> JSONResponse:
         headers["retry-after"] = str(exc.retry_after)
     if exc.status_code == 401:
         headers["www-authenticate"] = "Bearer"
-    body = ErrorBody(detail=exc.detail, request_id=request_id)
+    body = ErrorBody(detail=exc.detail, code=exc.code, request_id=request_id)
     return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=headers)
 
 

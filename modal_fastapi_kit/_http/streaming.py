@@ -3,9 +3,9 @@
 Each chunk is written (and flushed) as the model yields it:
 
 - ``text/event-stream`` (the default): ``data: <chunk JSON>`` per chunk; a failure after the
-  first chunk is ``event: error`` with ``data: {"detail", "request_id"}``, then the end;
+  first chunk is ``event: error`` with ``data: {"detail", "code", "request_id"}``, then the end;
 - ``application/x-ndjson`` (or ``application/jsonl``) in ``Accept``: one chunk JSON per line;
-  a failure is a last line ``{"error": {"detail", "request_id"}}``.
+  a failure is a last line ``{"error": {"detail", "code", "request_id"}}``.
 
 A client that disconnects closes the item's stream, which stops its generator. The time to
 the first chunk is the router's to wait for; between chunks ``chunk_timeout`` applies.
@@ -81,8 +81,9 @@ class StreamResponse(Response):
         return body + b"\n" if self.ndjson else b"data: " + body + b"\n\n"
 
     def error_frame(self, error: BaseException) -> bytes:
+        public = public_error(error, self.request_id)
         body = ErrorBody(
-            detail=public_error(error, self.request_id).detail, request_id=self.request_id
+            detail=public.detail, code=public.code, request_id=self.request_id
         ).model_dump_json()
         if self.ndjson:
             return b'{"error":' + body.encode() + b"}\n"

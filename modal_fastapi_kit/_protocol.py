@@ -1,0 +1,44 @@
+"""What a service and its clients agree on, with no web stack behind it.
+
+The request-id header, the error body and its codes, the edge-secret header and the generic
+request and response types: the client imports this module, the server builds on it, and
+neither imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from .exceptions import ErrorCode
+
+__all__ = [
+    "EDGE_SECRET_HEADER",
+    "MIN_SECRET_LENGTH",
+    "REQUEST_ID_HEADER",
+    "ErrorBody",
+    "RequestT",
+    "ResponseT",
+]
+
+REQUEST_ID_HEADER = "x-request-id"
+
+# The header an edge proves itself with (``OriginLock``), and the shortest secret accepted.
+EDGE_SECRET_HEADER = "x-mfk-edge-secret"
+MIN_SECRET_LENGTH = 32
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+ResponseT = TypeVar("ResponseT", bound=BaseModel)
+
+
+class ErrorBody(BaseModel):
+    """The body of every error the kit answers (a 422's ``detail`` is FastAPI's error list).
+
+    ``code`` is one of ``modal_fastapi_kit.exceptions.ErrorCode``: what a client branches
+    on. ``detail`` is for people and may be reworded.
+    """
+
+    detail: str
+    code: ErrorCode
+    request_id: str | None = None
