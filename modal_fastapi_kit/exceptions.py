@@ -248,7 +248,10 @@ class CodeInfo:
 ERROR_CODES: Mapping[ErrorCode, CodeInfo] = MappingProxyType(
     {
         ErrorCode.INVALID_INPUT: CodeInfo(
-            None, InputError, Retry.NEVER, "the model refused the input (InputError; 422 unless it said)"
+            None,
+            InputError,
+            Retry.NEVER,
+            "the model refused the input (422 unless it said)",
         ),
         ErrorCode.VALIDATION_FAILED: CodeInfo(
             422, InputError, Retry.NEVER, "the body does not match the request model"

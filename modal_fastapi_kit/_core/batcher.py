@@ -134,7 +134,11 @@ class Batcher(Generic[In]):
             await asyncio.wait({worker}, timeout=_left(loop, ends))
             if not worker.done():
                 worker.cancel()
-                self.fail_queued(NotReadyError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN, retry_after=1))
+                self.fail_queued(
+                    NotReadyError(
+                        "the server is shutting down", code=ErrorCode.SHUTTING_DOWN, retry_after=1
+                    )
+                )
         if self._running:
             _, late = await asyncio.wait(set(self._running), timeout=_left(loop, ends))
             for task in late:
@@ -166,7 +170,9 @@ class Batcher(Generic[In]):
         withdraw the item; a withdrawn item frees its place at once and is never computed.
         """
         if self._closing:
-            raise NotReadyError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN, retry_after=1)
+            raise NotReadyError(
+                "the server is shutting down", code=ErrorCode.SHUTTING_DOWN, retry_after=1
+            )
         if self._live >= self.max_queue_size:
             raise QueueFullError(
                 f"the queue is full ({self.max_queue_size} requests waiting); retry shortly"
@@ -251,7 +257,11 @@ class Batcher(Generic[In]):
             try:
                 outcomes = await self._run_batch([p.item for p in batch])
             except asyncio.CancelledError:  # stop() gave up on it
-                _deliver(batch, [NotReadyError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)] * len(batch))
+                _deliver(
+                    batch,
+                    [NotReadyError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)]
+                    * len(batch),
+                )
                 raise
             except Exception as exc:  # run_batch answers per item; this is a last resort
                 logger.error("a batch of %d failed as a whole", len(batch), exc_info=exc)

@@ -42,7 +42,6 @@ PREDICT_METHOD = "mfk_predict"
 STREAM_METHOD = "mfk_stream"
 
 
-
 def encode_request(item: BaseModel) -> Wire:
     wire: Wire = item.model_dump(mode="json")
     return wire
