@@ -2,19 +2,29 @@
 
 The names here are the ones a service touches; the exceptions are in
 ``modal_fastapi_kit.exceptions``, the OpenAI-compatible base classes in
-``modal_fastapi_kit.openai``.
+``modal_fastapi_kit.openai``, the typed client in ``modal_fastapi_kit.client``.
+
+Each name is imported when first used, so that a process that only calls a service
+(``modal_fastapi_kit.client``) imports neither the server nor the web stack, and one that
+only defines a service does not import FastAPI, Starlette or prometheus-client.
 """
 
-from ._config import RetryPolicy as RetryPolicy
-from ._config import ServiceConfig as ServiceConfig
-from ._core.streams import END as END
-from ._decorator import gpu_service as gpu_service
-from ._http.origin_lock import OriginLock as OriginLock
-from ._http.origin_lock import apply_origin_lock as apply_origin_lock
-from ._http.router import ServiceRouter as ServiceRouter
-from ._metrics import metrics_registry as metrics_registry
-from ._server import ModelServer as ModelServer
-from .exceptions import InputError as InputError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._config import RetryPolicy as RetryPolicy
+    from ._config import ServiceConfig as ServiceConfig
+    from ._core.streams import END as END
+    from ._decorator import gpu_service as gpu_service
+    from ._http.origin_lock import OriginLock as OriginLock
+    from ._http.origin_lock import apply_origin_lock as apply_origin_lock
+    from ._http.router import ServiceRouter as ServiceRouter
+    from ._metrics import metrics_registry as metrics_registry
+    from ._server import ModelServer as ModelServer
+    from .exceptions import InputError as InputError
 
 __version__ = "0.1.0"
 
@@ -30,3 +40,30 @@ __all__ = [
     "gpu_service",
     "metrics_registry",
 ]
+
+# name -> the module that defines it, imported on first access
+_WHERE = {
+    "END": "._core.streams",
+    "InputError": ".exceptions",
+    "ModelServer": "._server",
+    "RetryPolicy": "._config",
+    "ServiceConfig": "._config",
+    "gpu_service": "._decorator",
+    "OriginLock": "._http.origin_lock",
+    "apply_origin_lock": "._http.origin_lock",
+    "ServiceRouter": "._http.router",
+    "metrics_registry": "._metrics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

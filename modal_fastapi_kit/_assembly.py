@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ._backends import Backend, BackendName, create_backend
 from ._core.spec import ServiceSpec
 from ._http.auth import ApiKeys, key_dependency
-from ._http.direct import install_front
+from ._http.front import install_front
 from ._http.origin_lock import apply_origin_lock
 from ._http.route import KitRoute
 from ._http.router import ServiceRouter, build_router

@@ -10,29 +10,28 @@ from __future__ import annotations
 
 import collections.abc
 import typing
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from ._assembly import service_app, service_router
 from ._core.spec import service_spec
+from ._protocol import RequestT, ResponseT
 from .exceptions import ConfigError
 
 if TYPE_CHECKING:
     import httpx
     import modal
     from fastapi import FastAPI
+    from typing_extensions import Unpack
 
     from ._backends import BackendName
+    from ._client.options import ClientArgs
     from ._config import ServiceConfig
     from ._http.router import ServiceRouter
     from .client import AsyncServiceClient, ServiceClient
 
 __all__ = ["ModelServer", "RequestT", "ResponseT", "io_models"]
-
-RequestT = TypeVar("RequestT", bound=BaseModel)
-ResponseT = TypeVar("ResponseT", bound=BaseModel)
 
 
 class ModelServer(Generic[RequestT, ResponseT]):
@@ -97,6 +96,8 @@ class ModelServer(Generic[RequestT, ResponseT]):
         ``backend="local"`` runs the model in this process with dynamic batching;
         ``backend="modal"`` calls the deployed GPU class on Modal.
         """
+        from ._assembly import service_router  # the web stack, only when a router is made
+
         return service_router(service_spec(cls), backend, **backend_options)
 
     @classmethod
@@ -112,6 +113,8 @@ class ModelServer(Generic[RequestT, ResponseT]):
     @classmethod
     def asgi_app(cls, *, backend: BackendName = "local", **backend_options: Any) -> FastAPI:
         """A FastAPI app with this model's router at the root, plus ``/docs``."""
+        from ._assembly import service_app, service_router
+
         spec = service_spec(cls)
         return service_app(spec, service_router(spec, backend, **backend_options))
 
@@ -120,57 +123,32 @@ class ModelServer(Generic[RequestT, ResponseT]):
         cls: type[ModelServer[RequestT, ResponseT]],
         base_url: str | None = None,
         *,
-        api_key: str | None = None,
-        timeout: float | None = None,
-        retry_for: float = 30.0,
-        retry_unsafe: bool = False,
-        headers: Mapping[str, str] | None = None,
         http_client: httpx.Client | None = None,
+        **options: Unpack[ClientArgs],
     ) -> ServiceClient[RequestT, ResponseT]:
         """A typed HTTP client of this service at ``base_url`` (with the prefix its router is
         mounted under): ``predict(item) -> response``, or ``stream(item)`` for a streaming
-        service. Retries what did not run (503 after ``Retry-After``, refused connections)
-        for up to ``retry_for`` seconds; see ``modal_fastapi_kit.client.ServiceClient``.
+        service. ``options``: ``api_key``, ``timeout``, ``retry_for`` (30 s), ``retry_unsafe``,
+        ``headers``. Retries what did not run (503 after ``Retry-After``, refused
+        connections) for up to ``retry_for`` seconds; see ``modal_fastapi_kit.client``.
         """
         from .client import ServiceClient
 
-        return ServiceClient(
-            cls,
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            retry_for=retry_for,
-            retry_unsafe=retry_unsafe,
-            headers=headers,
-            http_client=http_client,
-        )
+        return ServiceClient(cls, base_url, http_client=http_client, **options)
 
     @classmethod
     def async_client(
         cls: type[ModelServer[RequestT, ResponseT]],
         base_url: str | None = None,
         *,
-        api_key: str | None = None,
-        timeout: float | None = None,
-        retry_for: float = 30.0,
-        retry_unsafe: bool = False,
-        headers: Mapping[str, str] | None = None,
         http_client: httpx.AsyncClient | None = None,
+        **options: Unpack[ClientArgs],
     ) -> AsyncServiceClient[RequestT, ResponseT]:
         """``client()`` for ``asyncio``: ``await client.predict(item)``,
         ``async for chunk in client.stream(item)``."""
         from .client import AsyncServiceClient
 
-        return AsyncServiceClient(
-            cls,
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            retry_for=retry_for,
-            retry_unsafe=retry_unsafe,
-            headers=headers,
-            http_client=http_client,
-        )
+        return AsyncServiceClient(cls, base_url, http_client=http_client, **options)
 
 
 def io_models(cls: type) -> tuple[type[BaseModel], type[BaseModel]]:

@@ -57,6 +57,7 @@ class ErrorCode(str, enum.Enum):
     BODY_TOO_LARGE = "body_too_large"
     REFUSED = "refused"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     NOT_READY = "not_ready"
     SHUTTING_DOWN = "shutting_down"
     LOAD_FAILED = "load_failed"
@@ -266,6 +267,9 @@ ERROR_CODES: Mapping[ErrorCode, CodeInfo] = MappingProxyType(
             None, InputError, Retry.NEVER, "a dependency of the route refused the request (its 4xx)"
         ),
         ErrorCode.UNAUTHORIZED: CodeInfo(401, Unauthorized, Retry.NEVER, "no valid API key"),
+        ErrorCode.FORBIDDEN: CodeInfo(
+            403, InputError, Retry.NEVER, "the request skipped the edge the service is locked to"
+        ),
         ErrorCode.NOT_READY: CodeInfo(503, NotReadyError, Retry.SAFE, "the model is still loading"),
         ErrorCode.SHUTTING_DOWN: CodeInfo(
             503, NotReadyError, Retry.SAFE, "the server is shutting down; another may answer"

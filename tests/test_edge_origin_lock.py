@@ -73,7 +73,7 @@ def test_request_without_the_secret_is_refused_without_detail(headers: dict[str,
     client = _app(secret=SECRET, public_hosts=[PUBLIC])
     response = client.get("/whoami", headers={**headers, "x-forwarded-host": PUBLIC})
     assert response.status_code == 403
-    assert response.json() == {"detail": "forbidden"}
+    assert response.json() == {"detail": "forbidden", "code": "forbidden"}
 
 
 def test_secret_sent_twice_is_refused() -> None:

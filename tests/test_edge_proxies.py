@@ -329,7 +329,7 @@ def test_origin_with_token_but_no_edge_secret_is_refused_by_the_app(setup: Setup
         headers["x-forwarded-host"] = origin.PUBLIC_HOST
         response = setup.origin("POST", "/embed", headers, json={"text": "hi"})
         assert response.status_code == 403
-        assert response.json() == {"detail": "forbidden"}
+        assert response.json() == {"detail": "forbidden", "code": "forbidden"}
     # Liveness stays open for probes (it says only "ok"); readiness does not.
     assert setup.origin("GET", "/healthz", _token(edge=False)).status_code == 200
     assert setup.origin("GET", "/readyz", _token(edge=False)).status_code == 403

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .._config import DEFAULT_MAX_BODY_BYTES, MODAL_WEB_TIMEOUT
-from .._http.origin_lock import EDGE_SECRET_HEADER, MIN_SECRET_LENGTH
+from .._protocol import EDGE_SECRET_HEADER, MIN_SECRET_LENGTH
 from ..exceptions import ConfigError
 
 __all__ = [

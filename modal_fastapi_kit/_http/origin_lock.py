@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._config import ServiceConfig
+from .._protocol import EDGE_SECRET_HEADER, MIN_SECRET_LENGTH
 from ..exceptions import ConfigError
 
 __all__ = [
@@ -41,10 +42,8 @@ __all__ = [
 
 logger = logging.getLogger("modal_fastapi_kit")
 
-EDGE_SECRET_HEADER = "x-mfk-edge-secret"
-MIN_SECRET_LENGTH = 32
 DEFAULT_OPEN_PATHS = ("/healthz",)
-_REFUSED_BODY = b'{"detail":"forbidden"}'
+_REFUSED_BODY = b'{"detail":"forbidden","code":"forbidden"}'
 _SECRET_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 

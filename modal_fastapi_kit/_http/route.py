@@ -7,12 +7,12 @@ before the endpoint runs into the kit's answers, with the request id:
 
 - a body over the route's limit (``limit_body``) is a 413, whether it says its length or is
   sent in chunks; the body is not read past the limit;
-- a body that cannot be parsed (not UTF-8, nested too deeply) is a 400;
+- a body that cannot be parsed (not UTF-8, nested too deeply) is a 400 ``unreadable_body``;
 - a ``ServingError`` raised by a dependency (a missing API key: ``Unauthorized``) keeps its
   status and headers;
 - a ``RequestValidationError`` becomes FastAPI's 422 body (``{"detail": [errors]}``) plus the
-  ``request_id``; an input that cannot be put in JSON (a lone surrogate) is left out of its
-  error instead of failing the answer.
+  ``code`` (``validation_failed``) and the ``request_id``; an input that cannot be put in
+  JSON (a lone surrogate) is left out of its error instead of failing the answer.
 
 Subclasses (the OpenAI-compatible routes) change only how an error is written.
 """
@@ -33,16 +33,14 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from .._core.recorder import Trace
-from ..exceptions import ServingError
+from ..exceptions import ErrorCode, InputError, ServingError
 from .direct import direct_call, is_json
 from .errors import REQUEST_ID_HEADER, error_response, request_id
 from .waiting import TRACE_KEY
 
 __all__ = [
-    "BodyTooLarge",
     "KitRoute",
     "RequestCounter",
-    "UnreadableBody",
     "count_requests",
     "limit_body",
     "validation_errors",
@@ -106,7 +104,11 @@ class KitRoute(APIRoute):
 
     def invalid(self, exc: RequestValidationError, rid: str) -> Response:
         return JSONResponse(
-            {"detail": validation_errors(exc), "request_id": rid},
+            {
+                "detail": validation_errors(exc),
+                "code": ErrorCode.VALIDATION_FAILED.value,
+                "request_id": rid,
+            },
             status_code=422,
             headers={REQUEST_ID_HEADER: rid},
         )
@@ -161,14 +163,6 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(1000 * seconds, 2)
 
 
-class BodyTooLarge(ServingError):
-    status_code = 413
-
-
-class UnreadableBody(ServingError):
-    status_code = 400
-
-
 # One line per API request: method, route, status, request id, time, time in queue, batch
 # size, model time, client address; the record's ``access`` attribute holds them as a dict
 # (for JSON logs).
@@ -181,7 +175,11 @@ _COUNTER_ATTR = "__mfk_requests__"
 
 def _limited(request: Request, limit: int) -> Request:
     """``request`` with a body reader that refuses more than ``limit`` bytes."""
-    too_large = BodyTooLarge(f"the request body is over the limit of {limit} bytes")
+    too_large = InputError(
+        f"the request body is over the limit of {limit} bytes",
+        status_code=413,
+        code=ErrorCode.BODY_TOO_LARGE,
+    )
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise too_large  # before reading a byte of it
@@ -201,16 +199,18 @@ def _limited(request: Request, limit: int) -> Request:
 
 
 def _from_http(exc: HTTPException) -> ServingError:
-    if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI wraps what reading the body raised
+    if isinstance(exc.__cause__, ServingError):  # FastAPI wraps what reading the body raised
         return exc.__cause__
     if exc.status_code == 400:
-        return UnreadableBody(
+        return InputError(
             "the request body could not be read as JSON: it must be UTF-8 JSON, nested at "
-            "most a few hundred levels deep"
+            "most a few hundred levels deep",
+            status_code=400,
+            code=ErrorCode.UNREADABLE_BODY,
         )
-    error = ServingError(str(exc.detail))
-    error.status_code = exc.status_code
-    return error
+    if 400 <= exc.status_code <= 499:
+        return InputError(str(exc.detail), status_code=exc.status_code, code=ErrorCode.REFUSED)
+    return ServingError(str(exc.detail), status_code=exc.status_code)
 
 
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

@@ -16,17 +16,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from .._http.errors import REQUEST_ID_HEADER, public_error
-from .._http.route import BodyTooLarge, KitRoute, UnreadableBody, validation_errors
-from ..exceptions import (
-    DeadlineExceeded,
-    InputError,
-    ModelStalled,
-    NotReadyError,
-    PredictError,
-    QueueFullError,
-    ServingError,
-    Unauthorized,
-)
+from .._http.route import KitRoute, validation_errors
+from ..exceptions import ErrorCode, ServingError
 
 __all__ = ["OpenAIError", "OpenAIRoute", "RequestError", "openai_error_response"]
 
@@ -45,28 +36,29 @@ class OpenAIError(BaseModel):
 
 
 class RequestError(ServingError):
-    """A request these routes cannot take, in OpenAI's terms: status, ``param`` and ``code``."""
+    """A request these routes cannot take, in OpenAI's terms: status, ``param`` and OpenAI's
+    ``code`` (``openai_code``)."""
 
     def __init__(
         self, message: str, *, param: str | None = None, code: str | None, status: int = 400
     ) -> None:
-        super().__init__(message)
-        self.status_code = status
+        super().__init__(message, code=ErrorCode.INVALID_INPUT, status_code=status)
         self.param = param
-        self.code = code
+        self.openai_code = code
 
 
-_CODES: list[tuple[type[ServingError], str]] = [
-    (Unauthorized, "invalid_api_key"),
-    (BodyTooLarge, "request_too_large"),
-    (UnreadableBody, "invalid_json"),
-    (QueueFullError, "queue_full"),
-    (ModelStalled, "model_stalled"),
-    (NotReadyError, "not_ready"),
-    (DeadlineExceeded, "timeout"),
-    (PredictError, "internal_error"),
-    (InputError, "invalid_input"),
-]
+# OpenAI's ``code`` for each of the kit's; the kit's own where OpenAI has none.
+_OPENAI_CODES: dict[ErrorCode, str] = {
+    ErrorCode.UNAUTHORIZED: "invalid_api_key",
+    ErrorCode.BODY_TOO_LARGE: "request_too_large",
+    ErrorCode.UNREADABLE_BODY: "invalid_json",
+    ErrorCode.STALLED: "model_stalled",
+    ErrorCode.SHUTTING_DOWN: "not_ready",
+    ErrorCode.OVERLOADED: "queue_full",
+    ErrorCode.DEADLINE: "timeout",
+    ErrorCode.PREDICT_FAILED: "internal_error",
+    ErrorCode.UPSTREAM_FAILED: "internal_error",
+}
 
 
 def openai_error_response(error: BaseException, request_id: str) -> JSONResponse:
@@ -74,9 +66,7 @@ def openai_error_response(error: BaseException, request_id: str) -> JSONResponse
     shown = public_error(error, request_id)
     status = shown.status_code
     param = getattr(shown, "param", None)
-    code = getattr(shown, "code", None) or next(
-        (c for cls, c in _CODES if isinstance(shown, cls)), None
-    )
+    code = getattr(shown, "openai_code", None) or _OPENAI_CODES.get(shown.code, shown.code.value)
     kind = (
         "server_error"
         if status >= 500
