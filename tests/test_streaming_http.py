@@ -134,6 +134,7 @@ def test_a_failure_after_the_first_chunk_is_an_error_event_with_the_request_id(s
     error = json.loads(events[2].split("data: ", 1)[1])
     assert error == {
         "detail": "predict failed; quote the request id when reporting it",
+        "code": "predict_failed",
         "request_id": "req-42",
     }
     assert "secret" not in response.text
@@ -157,8 +158,10 @@ def test_a_gap_past_chunk_timeout_ends_the_stream_with_an_error_event(server):
     response = httpx.post(f"{server.url}/generate", json={"n": 3, "mode": "stall"}, timeout=10)
     events = response.text.split("\n\n")
     assert events[0] == 'data: {"index":0,"text":"t0"}'
-    assert events[1].startswith("event: error")
-    assert "no chunk came within 1s" in events[1]
+    assert events[1].startswith("event: error\ndata: ")
+    error = json.loads(events[1].split("data: ", 1)[1])
+    assert "no chunk came within 1s" in error["detail"]
+    assert error["code"] == "deadline"
 
 
 def test_a_client_that_leaves_mid_stream_closes_the_generator(server):

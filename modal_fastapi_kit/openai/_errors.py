@@ -36,28 +36,27 @@ class OpenAIError(BaseModel):
 
 
 class RequestError(ServingError):
-    """A request these routes cannot take, in OpenAI's terms: status, ``param`` and OpenAI's
-    ``code`` (``openai_code``)."""
+    """A request these routes cannot take, in OpenAI's terms: status, ``param`` and the
+    OpenAI ``code`` (``openai_code``; the kit's own ``code`` is ``invalid_input``)."""
+
+    code = ErrorCode.INVALID_INPUT
 
     def __init__(
         self, message: str, *, param: str | None = None, code: str | None, status: int = 400
     ) -> None:
-        super().__init__(message, code=ErrorCode.INVALID_INPUT, status_code=status)
+        super().__init__(message, status_code=status)
         self.param = param
         self.openai_code = code
 
 
-# OpenAI's ``code`` for each of the kit's; the kit's own where OpenAI has none.
+# OpenAI's name where it has one for a kit's code; any other code is answered as it is.
 _OPENAI_CODES: dict[ErrorCode, str] = {
     ErrorCode.UNAUTHORIZED: "invalid_api_key",
     ErrorCode.BODY_TOO_LARGE: "request_too_large",
     ErrorCode.UNREADABLE_BODY: "invalid_json",
     ErrorCode.STALLED: "model_stalled",
-    ErrorCode.SHUTTING_DOWN: "not_ready",
-    ErrorCode.OVERLOADED: "queue_full",
     ErrorCode.DEADLINE: "timeout",
     ErrorCode.PREDICT_FAILED: "internal_error",
-    ErrorCode.UPSTREAM_FAILED: "internal_error",
 }
 
 
