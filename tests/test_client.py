@@ -1,4 +1,5 @@
-"""``Cls.client(url)`` / ``Cls.async_client(url)`` over real HTTP on 127.0.0.1: typed results,
+"""``Cls.client(url)`` / ``Cls.async_client(url)`` over real HTTP on 127.0.0.1 (the decisions
+alone, without a server, are in ``tests/client/``): typed results,
 streams, retries (Retry-After, refused connections, never what may have run), keys, errors
 mapped to the kit's exceptions with the request id, and the code of docs/testing.md against
 the served examples."""
@@ -21,17 +22,15 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from modal_fastapi_kit import InputError, ModelServer, gpu_service
-from modal_fastapi_kit.client import Reply, ServiceClient, error_from_answer
+from modal_fastapi_kit.client import Reply, ServiceClient
 from modal_fastapi_kit.exceptions import (
     BackendUnavailable,
     ConfigError,
     DeadlineExceeded,
     LoadFailed,
-    ModelStalled,
     NotReadyError,
     PredictError,
     QueueFullError,
-    ServingError,
     Unauthorized,
     UpstreamError,
 )
@@ -498,7 +497,7 @@ async def test_the_async_client_retries_a_refused_connection():
     assert reply.value == NumOut(y=12) and reply.attempts >= 2
 
 
-# --- construction, and the error table ---
+# --- construction ---
 
 
 def test_the_options_are_checked_where_the_client_is_made():
@@ -523,41 +522,6 @@ def test_the_options_are_checked_where_the_client_is_made():
         Vectors.client("http://x")
     with pytest.raises(ConfigError, match="is not decorated"):
         ServiceClient(ModelServer, "http://x")
-
-
-@pytest.mark.parametrize(
-    ("status", "detail", "kind"),
-    [
-        (503, "the model is still loading; retry shortly", NotReadyError),
-        (503, "the server is shutting down", NotReadyError),
-        (503, "the queue is full (8 requests waiting); retry shortly", QueueFullError),
-        (503, "the model failed to load; the server's log says why", LoadFailed),
-        (503, "E.predict has run for 130s, past stall_timeout=120s; ...", ModelStalled),
-        (503, "the model service cannot be reached; retry shortly", BackendUnavailable),
-        (503, "Service Unavailable", ServingError),
-        (502, "the model service failed to run the request; retry shortly", UpstreamError),
-        (504, "the model did not answer in time", DeadlineExceeded),
-        (429, "slow down", InputError),
-        (501, "not implemented", ServingError),
-    ],
-)  # fmt: skip
-def test_each_status_maps_to_its_exception(status, detail, kind):
-    body = f'{{"detail": "{detail}", "request_id": "r-9"}}'.encode()
-    error = error_from_answer(status, body, {"retry-after": "2"})
-    assert type(error) is kind
-    assert (error.status_code, error.detail, error.request_id) == (status, detail, "r-9")
-    assert error.retry_after == 2
-
-
-def test_an_error_body_that_is_not_the_kits():
-    date = "Wed, 21 Oct 2015 07:28:00 GMT"  # in the past: retry now
-    error = error_from_answer(502, b"<html>Bad Gateway</html>", {"retry-after": date}, "r-1")
-    assert (error.detail, error.request_id, error.retry_after) == (
-        "<html>Bad Gateway</html>",
-        "r-1",
-        0,
-    )
-    assert error_from_answer(500, b"", {}).detail == "HTTP 500 with no body"
 
 
 # --- docs/testing.md: the client code, against `mfk serve` of the examples ---
@@ -647,4 +611,3 @@ def test_an_answer_that_is_not_the_response_model_says_so():
     assert wrong.value.detail.startswith(f"the answer of POST {url}/double is not a Word: word:")
     assert "same Other class" in wrong.value.detail
     assert (wrong.value.request_id, wrong.value.retry_after) == ("w-1", None)
-    assert error_from_answer(503, b"", {"retry-after": "inf"}).retry_after is None
