@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -73,16 +74,16 @@ class ColocatedTable(TableModel):
     pass
 
 
-# (request, status, what the body says): the same on every path.
+# (request, status, what the body says, its code): the same on every path.
 TABLE = [
-    ({"mode": "ok", "x": 4}, 200, '{"y":8}'),
-    ({"mode": "raise"}, 500, "predict failed; quote the request id"),
-    ({"mode": "refuse"}, 422, "the model cannot take this case"),
-    ({"mode": "slot-error"}, 500, "predict failed; quote the request id"),
-    ({"mode": "slot-refuse"}, 400, "this item is unreadable"),
-    ({"mode": "garbage"}, 500, "predict failed; quote the request id"),
-    ({"mode": "hang"}, 503, "past stall_timeout=0.5s"),
-    ({"mode": "ok", "x": 1}, 200, '{"y":2}'),  # and it serves again once the call returned
+    ({"mode": "ok", "x": 4}, 200, '{"y":8}', None),
+    ({"mode": "raise"}, 500, "predict failed; quote the request id", "predict_failed"),
+    ({"mode": "refuse"}, 422, "the model cannot take this case", "invalid_input"),
+    ({"mode": "slot-error"}, 500, "predict failed; quote the request id", "predict_failed"),
+    ({"mode": "slot-refuse"}, 400, "this item is unreadable", "invalid_input"),
+    ({"mode": "garbage"}, 500, "predict failed; quote the request id", "predict_failed"),
+    ({"mode": "hang"}, 503, "past stall_timeout=0.5s", "stalled"),
+    ({"mode": "ok", "x": 1}, 200, '{"y":2}', None),  # and it serves again once the call returned
 ]
 
 Ask = Callable[[dict[str, object]], tuple[int, str]]
@@ -136,13 +137,15 @@ def test_every_path_answers_the_failure_table_the_same_way(path):
     RELEASE.clear()
     seen = []
     with path() as (ask, pause):  # type: ignore[operator]
-        for body, _, _ in TABLE:
+        for body, *_ in TABLE:
             if body["mode"] == "ok" and body["x"] == 1:
                 RELEASE.set()
                 pause(1.2)  # the stuck call returns; the watchdog notices
             seen.append(ask(body))
     RELEASE.set()
-    for (body, status, says), (got_status, text) in zip(TABLE, seen, strict=True):
+    for (body, status, says, code), (got_status, text) in zip(TABLE, seen, strict=True):
         assert got_status == status, (body, text)
         assert says in text, (body, text)
         assert "secret" not in text
+        if code is not None:
+            assert json.loads(text)["code"] == code, (body, text)
