@@ -82,7 +82,8 @@ KNOWN_GPUS = (
 Topology = Literal["split", "colocated"]
 TOPOLOGIES: tuple[Topology, ...] = ("split", "colocated")
 
-# Names Modal itself has retired: a user who reaches for them gets the new spelling.
+# Names a user may reach for, from Modal's retired options (keep_warm, ...) and from other
+# serving libraries (batch_size, pip, ...): each gets the kit's own spelling in the error.
 RENAMED_OPTIONS = {
     "keep_warm": "min_containers",
     "concurrency_limit": "max_containers",
@@ -97,8 +98,8 @@ RENAMED_OPTIONS = {
     "image_packages": "packages",
 }
 
+# An app name and a web label: what Modal accepts in a modal.run host name.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _HOST_RE = re.compile(
     r"^(\*\.)?(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", re.IGNORECASE
 )
@@ -566,7 +567,7 @@ def _validate_web(c: ServiceConfig) -> None:
     _check(c.topology in TOPOLOGIES, "topology", c.topology, "'split' or 'colocated'")
     if c.label is not None:
         _check(
-            isinstance(c.label, str) and bool(_LABEL_RE.match(c.label)),
+            isinstance(c.label, str) and bool(_NAME_RE.match(c.label)),
             "label",
             c.label,
             "lowercase letters, digits and '-', at most 63 characters",
