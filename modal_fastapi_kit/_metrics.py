@@ -9,6 +9,8 @@ stay apart. What is measured:
 ``mfk_queue_wait_seconds``             time an item waited for its batch
 ``mfk_batch_size``                     items per batch run
 ``mfk_batch_duration_seconds``         time a batch took the model
+``mfk_batch_cap``                      the most items a batch may hold now (``max_batch_size``,
+                                       lowered after a batch ran out of GPU memory)
 ``mfk_queue_depth``                    items waiting now (calls in flight, for the web tier)
 ``mfk_items_withdrawn_total``          items whose client left or gave up before their batch
 ``mfk_items_failed_total``             items answered with an error, by ``error`` class
@@ -26,12 +28,12 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ._core.hooks import LoadState
 from ._core.spec import ServiceSpec
+from ._core.state import LoadState
 
 __all__ = ["ServiceMetrics", "metrics_for", "metrics_registry", "watch"]
 
@@ -70,6 +72,12 @@ _BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, *_LATENCY),
     registry=metrics_registry,
 )
+_BATCH_CAP = Gauge(
+    "mfk_batch_cap",
+    "The most items a batch may hold now (lowered after a batch ran out of GPU memory)",
+    ["service"],
+    registry=metrics_registry,
+)
 _WITHDRAWN = Counter(
     "mfk_items_withdrawn",
     "Items that left the queue uncomputed: their client left or gave up",
@@ -95,6 +103,7 @@ class ServiceMetrics:
         self._queue_wait = _QUEUE_WAIT.labels(service)
         self._batch_size = _BATCH_SIZE.labels(service)
         self._batch_seconds = _BATCH_SECONDS.labels(service)
+        self._batch_cap = _BATCH_CAP.labels(service)
         self._withdrawn = _WITHDRAWN.labels(service)
         self._chunks = _CHUNKS.labels(service)
         self._requests: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
@@ -125,6 +134,9 @@ class ServiceMetrics:
     def chunk(self) -> None:
         self._chunks.inc()
 
+    def batch_cap(self, size: int) -> None:
+        self._batch_cap.set(size)
+
 
 _BY_SERVICE: dict[str, ServiceMetrics] = {}
 
@@ -134,6 +146,7 @@ def metrics_for(spec: ServiceSpec) -> ServiceMetrics:
     name = spec.config.name
     if name not in _BY_SERVICE:
         _BY_SERVICE[name] = ServiceMetrics(name)
+        _BY_SERVICE[name].batch_cap(spec.config.max_batch_size)
     return _BY_SERVICE[name]
 
 

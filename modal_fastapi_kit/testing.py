@@ -47,8 +47,8 @@ from starlette.types import ASGIApp, Message
 
 from ._assembly import service_app, service_router
 from ._backends.base import Backend
-from ._core.hooks import LoadState
 from ._core.spec import LIFECYCLE_HOOKS, SPEC_ATTR, PredictHook, ServiceSpec, service_spec
+from ._core.state import LoadState
 from ._decorator import check_predict
 from ._server import ModelServer
 from .exceptions import ConfigError, LoadFailed, NotReadyError, Unauthorized

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from modal_fastapi_kit import ModelServer, gpu_service
 from modal_fastapi_kit._backends.modal import ModalBackend
-from modal_fastapi_kit._core.hooks import LoadState
 from modal_fastapi_kit._core.spec import service_spec
+from modal_fastapi_kit._core.state import LoadState
 from modal_fastapi_kit._modal import credentials_configured
 from modal_fastapi_kit.exceptions import QueueFullError
 

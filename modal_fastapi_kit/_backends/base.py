@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from .._core.hooks import LoadState
 from .._core.recorder import Trace
 from .._core.spec import ServiceSpec
+from .._core.state import LoadState
 
 __all__ = ["Backend", "LoadState"]
 

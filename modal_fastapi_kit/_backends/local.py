@@ -7,9 +7,10 @@ import logging
 from typing import Any
 
 from .._core.batcher import Batcher
-from .._core.hooks import LoadState, ModelRuntime
 from .._core.recorder import NO_RECORDER, Recorder, Trace
+from .._core.runtime import ModelRuntime
 from .._core.spec import ServiceSpec
+from .._core.state import LoadState
 from .._core.streams import StreamBatch
 from .._metrics import metrics_for
 from ..exceptions import ErrorCode, LoadFailed, ModelStalled, NotReadyError
@@ -89,11 +90,6 @@ class LocalBackend:
         else:
             self._serve()
 
-    async def wait_loaded(self) -> None:
-        """Wait until loading finished, successfully or not."""
-        if self._load_task is not None:
-            await asyncio.shield(self._load_task)
-
     async def _load(self) -> None:
         """Load; with ``load_retries``, load again (a fresh instance) after a failure, waiting
         5 s, then twice as long each time (at most 60 s)."""
@@ -145,6 +141,7 @@ class LocalBackend:
         )
         self._batcher.start()
         self.runtime.add_stall_listener(self._on_stall)
+        self.runtime.add_cap_listener(self._batcher.lower_cap)
 
     def _on_stall(self, error: ModelStalled) -> None:
         if self._batcher is not None:

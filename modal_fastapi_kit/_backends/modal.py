@@ -33,9 +33,9 @@ import asyncio
 import logging
 from typing import Any
 
-from .._core.hooks import LoadState
 from .._core.recorder import Trace
 from .._core.spec import ServiceSpec
+from .._core.state import LoadState
 from .._core.streams import ItemStream
 from .._core.wire import (
     PREDICT_METHOD,

@@ -12,6 +12,8 @@ Batch-forming policy:
 - A finished batch frees its run slot before its results are delivered, so the next batch
   is already on its way to the model while the event loop writes the previous answers.
 - Each item gets its own outcome: a result, or the error for that item alone.
+- ``lower_cap`` lowers ``max_batch_size`` for good (the runtime calls it when a batch ran out
+  of GPU memory); batches formed after it hold at most that many items.
 - An item whose future is done before its batch forms (its client left, or its deadline
   passed and the caller gave up) is withdrawn: it stops counting against ``max_queue_size``
   at once and is never computed.
@@ -143,6 +145,10 @@ class Batcher(Generic[In]):
             _, late = await asyncio.wait(set(self._running), timeout=_left(loop, ends))
             for task in late:
                 task.cancel()
+
+    def lower_cap(self, size: int) -> None:
+        """Form batches of at most ``size`` items from now on."""
+        self.max_batch_size = max(1, min(self.max_batch_size, size))
 
     @property
     def queue_size(self) -> int:

@@ -1,7 +1,7 @@
 """What the core reports as it works, without knowing who listens:
 
-- ``Recorder``: batch sizes, queue waits, failures, for a metrics backend (``NO_RECORDER``
-  counts nothing);
+- ``Recorder``: batch sizes, queue waits, failures and the batch cap, for a metrics backend
+  (``NO_RECORDER`` counts nothing);
 - ``Trace``: one request's path through the core (time in queue, its batch's size and run
   time), for its access-log line.
 """
@@ -46,6 +46,10 @@ class Recorder(Protocol):
     def chunk(self) -> None:
         """A stream got a chunk."""
 
+    def batch_cap(self, size: int) -> None:
+        """Batches hold at most ``size`` items from now on (lowered after running out of
+        GPU memory)."""
+
 
 class _Nothing:
     def batch(self, size: int, seconds: float) -> None:
@@ -61,6 +65,9 @@ class _Nothing:
         pass
 
     def chunk(self) -> None:
+        pass
+
+    def batch_cap(self, size: int) -> None:
         pass
 
 

@@ -110,12 +110,6 @@ class ServiceSpec:
         """``Embedder.predict_batch``: how messages name the predict hook."""
         return f"{self.name}.{self.predict.name}"
 
-    def any_async_hook(self) -> bool:
-        """Whether any lifecycle or predict hook is a coroutine (or async generator) function."""
-        return self.predict.asynchronous or any(
-            inspect.iscoroutinefunction(getattr(self.server_cls, hook)) for hook in LIFECYCLE_HOOKS
-        )
-
 
 def service_spec(server_cls: Any) -> ServiceSpec:
     """The spec ``@gpu_service`` recorded on ``server_cls`` (on the class itself, not a base)."""

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.routing import NoMatchFound
 
-from .._core.hooks import LoadState
 from .._core.spec import RouteNames, ServiceSpec
+from .._core.state import LoadState
 from ..exceptions import ConfigError
 
 __all__ = ["HealthBody", "Probed", "liveness", "readiness", "register_service", "services_at"]

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from .._backends.local import LocalBackend
-from .._core.hooks import LOAD_HOOKS, ModelRuntime
+from .._core.runtime import LOAD_HOOKS, ModelRuntime
 from .._core.spec import service_spec
 from .._core.wire import Wire, decode_request, encode_chunk, encode_outcome
 from .._heap import freeze_loaded_heap
