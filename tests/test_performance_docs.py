@@ -15,10 +15,29 @@ from ._servers import ROOT
 PAGE = ROOT / "docs" / "performance.md"
 BLOCKS = [b.code.strip() for b in fenced_blocks(PAGE)]
 
+# How each block of the page that a test below checks begins.
+CHECKED = {
+    "bench": "make bench",
+    "steps": "apt-get install",
+    "recorded": "python -m benchmarks.serving",
+    "paired": "python -m benchmarks.paired",
+    "noop": "python -m benchmarks.noop",
+}
 
-def test_the_page_has_the_blocks_this_file_checks():
-    assert len(BLOCKS) == 5
+
+def block(key: str) -> str:
+    """The one block of the page that begins as ``CHECKED[key]`` says."""
+    found = [b for b in BLOCKS if b.startswith(CHECKED[key])]
+    assert len(found) == 1, (key, found)
+    return found[0]
+
+
+def test_every_block_of_the_page_is_one_this_file_checks():
     assert all(b.lang == "" for b in fenced_blocks(PAGE))
+    for code in BLOCKS:  # a new block needs a test here
+        assert [k for k, start in CHECKED.items() if code.startswith(start)], code
+    for key in CHECKED:
+        block(key)
 
 
 def bench_rule() -> str:
@@ -29,9 +48,9 @@ def bench_rule() -> str:
 
 
 def test_make_bench_is_a_rule_that_runs_the_page_s_three_steps():
-    assert BLOCKS[0] == "make bench"
+    assert block("bench") == "make bench"
     rule = bench_rule()
-    apt, pip, run = (line.split("#")[0].split() for line in BLOCKS[1].splitlines())
+    apt, pip, run = (line.split("#")[0].split() for line in block("steps").splitlines())
     assert apt[:3] == ["apt-get", "install", "-y"] and apt[3] in rule
     assert "apt-get install" in rule
     assert pip[0] == ".venv/bin/pip" and pip[1:] == ["install", "-r", pip[3]]
@@ -40,7 +59,7 @@ def test_make_bench_is_a_rule_that_runs_the_page_s_three_steps():
 
 
 def test_the_benchmark_only_requirements_are_the_ones_the_page_names():
-    pip_line = BLOCKS[1].splitlines()[1]
+    pip_line = block("steps").splitlines()[1]
     named = [n.strip() for n in pip_line.split("#")[1].split(",")]
     listed = [
         re.split(r"[=<>~!]", line)[0]
@@ -54,8 +73,8 @@ def test_the_benchmark_only_requirements_are_the_ones_the_page_names():
 
 
 def test_the_benchmark_s_command_line_and_the_recorded_run_s_options_parse():
-    run = BLOCKS[1].splitlines()[2].split("#")[0].split()
-    recorded = BLOCKS[2].split()
+    run = block("steps").splitlines()[2].split("#")[0].split()
+    recorded = block("recorded").split()
     assert recorded[:3] == ["python", "-m", "benchmarks.serving"]
     assert run[1:] == recorded[1:3]
     for argv in ([], recorded[3:]):
@@ -73,16 +92,16 @@ def test_the_benchmark_s_command_line_and_the_recorded_run_s_options_parse():
 def test_the_side_by_side_command_names_servers_the_benchmark_knows():
     from benchmarks.paired import parse_arm
 
-    command = BLOCKS[3].split()
+    command = block("paired").split()
     assert command[:3] == ["python", "-m", "benchmarks.paired"]
     servers = [arg for arg in command[3:] if not arg.startswith("-") and not arg.isdigit()]
     assert [parse_arm(spec).key for spec in servers] == ["mfk", "plain"]
-    assert "--concurrency" in help_of(BLOCKS[3])
+    assert "--concurrency" in help_of(block("paired"))
 
 
 def test_the_no_op_benchmark_s_command_runs_its_help():
-    assert BLOCKS[4] == "python -m benchmarks.noop"
-    assert "noop-mfk" in help_of(BLOCKS[4])
+    assert block("noop") == "python -m benchmarks.noop"
+    assert "noop-mfk" in help_of(block("noop"))
 
 
 def help_of(command: str) -> str:
