@@ -20,7 +20,8 @@ from fastapi import FastAPI
 
 from modal_fastapi_kit import gpu_service
 from modal_fastapi_kit.openai import ChatRequest, ChatServer
-from modal_fastapi_kit.openai.chat import Completion, Piece
+from modal_fastapi_kit.openai._chat_completion import Completion
+from modal_fastapi_kit.openai._chat_schemas import Piece
 
 from ._servers import BIN, ThreadedServer, free_port, running, wait_ready
 

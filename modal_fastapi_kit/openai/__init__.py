@@ -8,8 +8,8 @@ Errors are OpenAI's ``{"error": {"message", "type", "param", "code"}}``; request
 server does not support are refused with a 400 naming them, never ignored.
 """
 
-from .chat import ChatMessage as ChatMessage
-from .chat import ChatRequest as ChatRequest
+from ._chat_schemas import ChatMessage as ChatMessage
+from ._chat_schemas import ChatRequest as ChatRequest
 from .chat import ChatServer as ChatServer
 from .embeddings import EmbeddingServer as EmbeddingServer
 
