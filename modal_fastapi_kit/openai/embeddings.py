@@ -24,76 +24,32 @@ import base64
 import inspect
 import sys
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from fastapi import Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from .._core.spec import Api, RouteNames, ServiceSpec
 from .._http.errors import REQUEST_ID_HEADER, request_id
 from .._http.router import late_error, prepare_endpoint
 from .._http.waiting import ClientGone, outcomes
 from .._server import ModelServer
+from ._embedding_schemas import (
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    Input,
+    TextItem,
+    Vector,
+)
 from ._errors import OpenAIError, OpenAIRoute, RequestError, openai_error_response
 from ._models import add_model_routes, check_model, model_id
 
-__all__ = [
-    "EmbeddingData",
-    "EmbeddingRequest",
-    "EmbeddingResponse",
-    "EmbeddingServer",
-    "EmbeddingUsage",
-]
+__all__ = ["EmbeddingServer"]
 
 DEFAULT_MAX_INPUTS = 2048  # OpenAI's own limit per request
 DEFAULT_MAX_INPUT_CHARS = 32_768
-
-# What OpenAI's `input` may be: a text, texts, token ids, lists of token ids.
-Input = str | list[str] | list[int] | list[list[int]]
-
-
-class TextItem(BaseModel):
-    """One input text: what the kit's batcher and the model see."""
-
-    text: str
-
-
-class Vector(BaseModel):
-    """One input's vector and its token count."""
-
-    embedding: list[float]
-    tokens: int = 0
-
-
-class EmbeddingRequest(BaseModel):
-    """OpenAI's embeddings request; fields OpenAI does not define are refused (400)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input: Input
-    model: str
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
-    user: str | None = Field(default=None, description="accepted and not used")
-
-
-class EmbeddingData(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingUsage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EmbeddingData]
-    model: str
-    usage: EmbeddingUsage
 
 
 class EmbeddingServer(ModelServer[TextItem, Vector]):
