@@ -2,6 +2,10 @@
 
 Several OpenAI-compatible services mounted under one prefix share these routes: each lists
 every service registered at the path (see ``_http.health``), so a client sees all of them.
+
+Any id after ``/v1/models/`` reaches the route, line breaks included (Starlette's ``path``
+parameter stops at them, and the request would fall through to the app's plain 404): an id
+not served is OpenAI's 404 ``model_not_found`` whatever its characters.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import BaseModel
+from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_convertor
 
 from .._core.spec import ServiceSpec
 from .._http.health import services_at
@@ -29,6 +34,21 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class AnyText(Convertor[str]):
+    """A path parameter of any characters, line breaks included."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+ANY_TEXT = "mfk_any_text"  # the convertor's name in a route's path: {name:mfk_any_text}
 
 
 def model_id(spec: ServiceSpec) -> str:
@@ -56,6 +76,8 @@ def add_model_routes(
     whose registry both routes answer from (they sit under the same prefix)."""
     created = int(time.time())
     names = {"models": f"{spec.config.name}.models"}
+    if ANY_TEXT not in CONVERTOR_TYPES:
+        register_url_convertor(ANY_TEXT, AnyText())
 
     def cards(request: Request) -> list[ModelCard]:
         return [
@@ -90,7 +112,7 @@ def add_model_routes(
         route_class_override=OpenAIRoute,
     )
     router.add_api_route(
-        "/v1/models/{model:path}",
+        f"/v1/models/{{model:{ANY_TEXT}}}",
         retrieve_model,
         methods=["GET"],
         name=f"{spec.config.name}.model",
