@@ -232,7 +232,6 @@ class UpstreamError(BackendUnavailable):
 
     status_code = 502
     code = ErrorCode.UPSTREAM_FAILED
-    retry_after = None
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ class Bounded(ModelServer[NumIn, NumOut]):
 
 GPU_FAILED = {
     "error": {
-        "type": "PredictError",
+        "code": "predict_failed",
         "status": 500,
         "detail": "RemoteDoubler.predict raised ValueError: secret detail",
     }
@@ -195,6 +195,7 @@ def test_remote_predict_failure_is_500_with_request_id_and_no_detail(answer, cap
     assert response.status_code == 500
     assert response.json() == {
         "detail": "predict failed; quote the request id when reporting it",
+        "code": "predict_failed",
         "request_id": "req-7",
     }
     assert "req-7" in caplog.text  # the operator finds the cause in the log
@@ -204,10 +205,14 @@ def test_remote_predict_failure_is_500_with_request_id_and_no_detail(answer, cap
 @pytest.mark.parametrize(
     ("envelope", "status", "says"),
     [
-        ({"type": "InputError", "status": 413, "detail": "x is too large"}, 413, "x is too large"),
-        ({"type": "InputError", "status": 200, "detail": "odd status"}, 422, "odd status"),
-        ({"type": "ModelStalled", "status": 503, "detail": "stuck for 130s"}, 503, "stuck"),
-        ({"type": "NoSuchError", "status": 418, "detail": "secret"}, 500, "predict failed"),
+        (
+            {"code": "invalid_input", "status": 413, "detail": "x is too large"},
+            413,
+            "x is too large",
+        ),
+        ({"code": "invalid_input", "status": 200, "detail": "odd status"}, 422, "odd status"),
+        ({"code": "stalled", "status": 503, "detail": "stuck for 130s"}, 503, "stuck"),
+        ({"code": "no_such_code", "status": 418, "detail": "secret"}, 500, "predict failed"),
     ],
 )
 def test_errors_the_gpu_tier_answers_keep_their_status(envelope, status, says):
@@ -216,6 +221,9 @@ def test_errors_the_gpu_tier_answers_keep_their_status(envelope, status, says):
         response = client.post("/double", json={"x": 1})
     assert response.status_code == status
     assert says in response.json()["detail"]
+    assert response.json()["code"] == (
+        envelope["code"] if envelope["code"] != "no_such_code" else "predict_failed"
+    )
     assert "secret" not in response.text
 
 

@@ -120,13 +120,14 @@ class Attempts:
         if unsent(exc):
             return BackendUnavailable(
                 f"cannot connect to {shown}: {type(exc).__name__}: {exc}",
-                retry_after=None,
+                retry_after=None,  # no answer: no word from the server on when
                 request_id=rid,
             )
         if isinstance(exc, httpx.TimeoutException):
             return DeadlineExceeded(
                 f"no answer from {shown} within the client's timeout ({type(exc).__name__}); "
                 "raise timeout= if the service may take longer",
+                retry_after=None,
                 request_id=rid,
             )
         why = (
@@ -138,6 +139,7 @@ class Attempts:
         return UpstreamError(
             f"the connection to {shown} broke after the request was sent "
             f"({type(exc).__name__}: {exc}); {why}",
+            retry_after=None,
             request_id=rid,
         )
 

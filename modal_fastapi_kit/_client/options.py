@@ -87,6 +87,7 @@ class Service:
             raise UpstreamError(
                 f"the answer of POST {url} is not a {model.__name__}: {_short(exc)}; is the "
                 f"server running the same {self.name} class as this client?",
+                retry_after=None,
                 request_id=request_id,
             ) from exc
 

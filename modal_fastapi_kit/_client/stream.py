@@ -62,10 +62,12 @@ class ChunkReader:
             return DeadlineExceeded(
                 f"the stream from {self.shown} sent nothing for longer than the client's "
                 f"timeout after {self.count} chunks",
+                retry_after=None,
                 request_id=self.request_id,
             )
         return UpstreamError(
             f"the stream from {self.shown} broke after {self.count} chunks "
             f"({type(exc).__name__}: {exc})",
+            retry_after=None,
             request_id=self.request_id,
         )

@@ -302,3 +302,14 @@ def test_a_stream_error_event_raises_by_its_code(code):
     assert got == [NumOut(y=1)]
     assert type(caught.value) is ERROR_CODES[code].error
     assert (caught.value.code, caught.value.request_id) == (code, "rid-s")
+
+
+def test_an_error_without_an_answer_says_nothing_of_when_to_retry(kind):
+    for failure in (
+        httpx.ConnectError("refused"),
+        httpx.ReadError("reset"),
+        httpx.ReadTimeout("t"),
+    ):
+        with pytest.raises(ServingError) as caught:
+            predict(kind, Script(failure), retry_for=0)
+        assert caught.value.retry_after is None and caught.value.request_id is not None
