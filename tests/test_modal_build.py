@@ -28,6 +28,7 @@ from modal.cls import _Cls
 from pydantic import BaseModel
 
 from modal_fastapi_kit import END, ModelServer, RetryPolicy, gpu_service
+from modal_fastapi_kit._config import ServiceConfig
 from modal_fastapi_kit._modal.build import (
     HF_CACHE_PATH,
     RUNTIME_DISTRIBUTIONS,
@@ -35,6 +36,12 @@ from modal_fastapi_kit._modal.build import (
     build_image,
     deployment,
     image_spec,
+)
+from modal_fastapi_kit._requirements import (
+    builder_requirements_path,
+    builder_version,
+    image_environment,
+    modal_runtime,
 )
 from modal_fastapi_kit.exceptions import ConfigError
 
@@ -291,7 +298,7 @@ def test_a_failing_item_fails_alone_on_the_gpu_tier():
     assert answers[0] == {"ok": {"y": 2}} and answers[2] == {"ok": {"y": 6}}
     assert answers[1] == {
         "error": {
-            "type": "PredictError",
+            "code": "predict_failed",
             "status": 500,
             "detail": "SplitBatched.predict_batch raised ValueError: negative input",
         }
@@ -410,15 +417,57 @@ def test_image_pins_the_runtime_and_lets_the_user_override_a_pin():
     assert python == "3.12"
     pydantic = importlib.metadata.version("pydantic")
     prometheus = importlib.metadata.version("prometheus-client")
+    packaging = importlib.metadata.version("packaging")
     assert packages == (
         f"pydantic=={pydantic}",
         f"prometheus-client=={prometheus}",
+        f"packaging=={packaging}",
         "numpy==2.0.0",
         "FastAPI==0.115.0",
     )
     python, packages = image_spec(SplitSingle.service_config())
     assert python == f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert packages[0] == f"fastapi=={importlib.metadata.version('fastapi')}"
+
+
+def test_a_listed_package_replaces_a_pin_only_where_its_marker_holds_in_the_image():
+    options = {"name": "pins", "python_version": "3.12"}
+    config = ServiceConfig.from_options(
+        {**options, "packages": ['fastapi>=0.100; python_version < "3.11"', "Pydantic_Core"]}
+    )
+    _, packages = image_spec(config)
+    assert packages[0] == f"fastapi=={importlib.metadata.version('fastapi')}"  # pin kept
+    config = ServiceConfig.from_options(
+        {**options, "packages": ['fastapi>=0.100; python_version >= "3.11"', "Pydantic>=2"]}
+    )
+    _, packages = image_spec(config)
+    assert not any(p.startswith(("fastapi==", "pydantic==")) for p in packages), packages
+
+
+def test_modal_s_builder_files_give_the_runtime_every_container_holds(monkeypatch):
+    """Modal's private ``builder/*.txt`` and ``base-images.json``, read from the installed SDK:
+    what Modal's own client needs in a container is there, evaluated for the image's Python."""
+    monkeypatch.delenv("MODAL_IMAGE_BUILDER_VERSION", raising=False)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", "/nonexistent/modal.toml")
+    newest = builder_version()
+    assert re.fullmatch(r"\d{4}\.\d{2}", newest), newest
+    assert builder_requirements_path(newest, "3.12").is_file()
+    runtime = modal_runtime("3.12")
+    # Modal's client speaks gRPC over HTTP/2 with protobuf messages; pip is a package tool.
+    assert {"grpclib", "protobuf", "h2", "aiohttp", "cbor2", "typing-extensions"} <= runtime
+    assert "pip" in runtime
+    assert "modal" not in runtime and "fastapi" not in runtime  # those come from elsewhere
+    # An older builder pins by Python version: async-timeout only below 3.11, and the image's
+    # micro version comes from base-images.json.
+    monkeypatch.setenv("MODAL_IMAGE_BUILDER_VERSION", "2025.06")
+    assert builder_version() == "2025.06"
+    assert "async-timeout" in modal_runtime("3.10")
+    assert "async-timeout" not in modal_runtime("3.12")
+    assert {"grpclib", "protobuf"} <= modal_runtime("3.12")
+    assert re.fullmatch(r"3\.12\.\d+", image_environment("3.12").python_full_version)
+    # 2023.12 keeps a separate file for Python 3.12.
+    assert builder_requirements_path("2023.12", "3.12").name == "2023.12.312.txt"
+    assert builder_requirements_path("2023.12", "3.12").is_file()
 
 
 def test_the_image_installs_every_module_the_library_imports_in_a_container():

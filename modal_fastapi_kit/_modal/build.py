@@ -18,7 +18,6 @@ loop, where the runtime's async hooks live (see ``container``).
 from __future__ import annotations
 
 import importlib.metadata
-import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import modal
 from .._config import RetryPolicy, ServiceConfig
 from .._core.spec import ServiceSpec, service_spec
 from .._core.wire import PREDICT_METHOD, STREAM_METHOD, Wire
+from .._requirements import canonicalize_name, image_environment, installed_names
 from ..exceptions import ConfigError
 from . import container
 
@@ -63,8 +63,9 @@ RESERVED_METHODS = (
 WEB_FUNCTION_SUFFIX = "_web"
 HF_CACHE_PATH = "/root/.cache/huggingface"
 LIBRARY = "modal_fastapi_kit"
-# What the library imports in the container, pinned to the versions installed here.
-RUNTIME_DISTRIBUTIONS = ("fastapi", "pydantic", "prometheus-client")
+# What the library imports in the container, pinned to the versions installed here
+# (packaging: building the deployment reads the requirements, in the container too).
+RUNTIME_DISTRIBUTIONS = ("fastapi", "pydantic", "prometheus-client", "packaging")
 
 _CACHE_ATTR = "__mfk_modal_deployment__"
 
@@ -160,14 +161,15 @@ def credentials_configured() -> bool:
 def image_spec(config: ServiceConfig) -> tuple[str, tuple[str, ...]]:
     """The image's Python version and pip requirements: the runtime pins, then the user's.
 
-    A package the user lists replaces the library's pin for it.
+    A package the user lists replaces the library's pin for it, unless its marker leaves it
+    out of the image (``"fastapi>=1; python_version < '3.11'"`` on 3.12 keeps the pin).
     """
     python_version = config.python_version or f"{sys.version_info[0]}.{sys.version_info[1]}"
-    mine = {_requirement_name(spec) for spec in config.packages}
+    mine = installed_names(config.packages, image_environment(python_version))
     pins = tuple(
         f"{dist}=={importlib.metadata.version(dist)}"
         for dist in RUNTIME_DISTRIBUTIONS
-        if _requirement_name(dist) not in mine
+        if canonicalize_name(dist) not in mine
     )
     return python_version, pins + tuple(config.packages)
 
@@ -187,12 +189,6 @@ def build_image(
     if env:
         image = image.env(env)
     return image.add_local_python_source(LIBRARY, *config.local_sources)
-
-
-def _requirement_name(spec: str) -> str:
-    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
-    name = match.group(1) if match else spec
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 # -- GPU class ------------------------------------------------------------------------------
