@@ -47,6 +47,7 @@ def test_without_a_key_the_predict_route_answers_401(served):
     assert response.headers["x-request-id"] == "r-1"
     assert response.json() == {
         "detail": "a valid API key is required: send Authorization: Bearer <key> or X-API-Key",
+        "code": "unauthorized",
         "request_id": "r-1",
     }
 
