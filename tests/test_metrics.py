@@ -96,6 +96,7 @@ def test_metrics_under_load_show_batches_above_one_and_a_queue(served):
     assert value(text, "mfk_queue_wait_seconds_bucket", service="metered", le="0.05") < 20
     assert value(text, "mfk_items_failed_total", service="metered", error="PredictError") == 1
     assert value(text, "mfk_queue_depth", service="metered") == 0
+    assert value(text, "mfk_batch_cap", service="metered") == 16  # never out of memory
     assert (
         value(text, "mfk_request_duration_seconds_count", service="metered", route="/double") == 41
     )

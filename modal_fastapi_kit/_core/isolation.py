@@ -15,17 +15,21 @@ again each half that fails, down to single items. An item fails only when it fai
 When the first half succeeds, the second must hold a failing item, so it is split without
 being run (a single item is always run alone, so that it fails with its own error).
 
-Cost, in calls after the one that failed, for ``n`` items of which ``k`` fail:
+Cost, in calls after the one that failed, for a batch of ``n`` items (measured over random
+patterns of bad items):
 
-- never more than one call per piece of the halving tree: at most ``2n - 2`` re-runs (30 for
-  a batch of 16), whatever the pattern; a quarter of the items failing costs about ``n``;
-- one failing item: about ``1.5 * log2(n)`` (6 for 16 items, 7.5 for 32), most of them small;
-  ``k`` failing items cost about ``k`` times that, less where they share pieces;
+- at most one call per piece of the halving tree: never more than ``2n - 2`` re-runs (30 for
+  16 items), whatever fails;
+- one bad item: about ``1.5 * log2(n)`` re-runs, most of them small (6.5 on average for 16
+  items, at most 8; 8 for 32, at most 10); 2 bad of 16: 11; 4 bad of 16: 17; with a tenth
+  of the items bad, 8.4 on average for 16 and 18.5 for 32;
 - a model that fails everything is recognised early: once ``BROKEN_AFTER`` (4) items have
-  failed alone and no call for this batch has succeeded, the items not yet answered fail with
-  the last error. That costs ``log2(n) + 4`` re-runs (8 for 16, 9 for 32, 10 for 64). The
-  rule can fail good items only when the first four items run alone (spread over the batch:
-  items 0, n/2, n/4, 3n/4) all fail and every call before them failed too.
+  failed alone, all with the same error (type and message), and no call for this batch has
+  succeeded, the items not yet answered fail with that error: ``log2(n) + 4`` re-runs (8 for
+  16, 9 for 32, 10 for 64). Good items can be failed by this rule only when the first four
+  items run alone (0, n/2, n/4, 3n/4: spread over the batch, not one request's neighbours) are
+  bad with the very same message and every call before them failed too. Items that fail with
+  errors of their own are all searched for.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Generic, TypeVar
 
 __all__ = ["BROKEN_AFTER", "Blame", "Failure", "Settled", "settle"]
 
-BROKEN_AFTER = 4  # items failed alone, with nothing succeeded yet, that show a broken model
+BROKEN_AFTER = 4  # items failed alone with one error, nothing succeeded: the model is broken
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -89,9 +93,11 @@ async def settle(
 ) -> Settled[R]:
     """Run ``items`` through ``call`` (which answers one result per item, or raises).
 
-    ``search=False`` fails a piece that raised an ``ITEM`` error as a whole. ``cap``: pieces
-    larger than this are split before they are run.
+    ``search=False`` fails a piece that raised an ``ITEM`` error as a whole (one out of memory
+    still runs in halves). ``cap``: pieces larger than this are split before they are run.
     """
+    if not items:
+        return Settled([], 0)
     run = _Search(items, call, blame, search, cap or len(items), broken_after)
     await run.piece(list(range(len(items))), None)
     return run.result()
@@ -145,7 +151,6 @@ class _Search(Generic[T, R]):
                 return
             if blame is Blame.SIZE:
                 self.too_big.append(idx)
-                self.limit = min(self.limit, (len(idx) + 1) // 2)
                 await self._halves(idx, None)  # no item to blame: both halves must run
                 return
             if not self.search:
