@@ -1,6 +1,7 @@
 """``mfk check`` finds imports the Modal image lacks, unbounded GPU autoscaling and what an
 idle deployment holds in GPU-hours; ``--json`` carries it all for CI. The command runs as a
-user runs it: ``.venv/bin/mfk check FILE.py`` in a fresh process."""
+user runs it: ``.venv/bin/mfk check FILE.py`` in a fresh process; the parts it is made of
+(``modal_fastapi_kit._deploy_checks``) are called directly."""
 
 from __future__ import annotations
 
@@ -14,15 +15,10 @@ from pathlib import Path
 import pytest
 
 from modal_fastapi_kit._config import ServiceConfig
-from modal_fastapi_kit.cli._check import gpu_count, idle_cost
-from modal_fastapi_kit.cli._imports import (
-    image_distributions,
-    import_problems,
-    normalise,
-    requirement_name,
-)
+from modal_fastapi_kit._deploy_checks import gpu_count, idle_cost, image_packages, import_findings
+from modal_fastapi_kit._requirements import canonicalize_name, requirement_name
 
-from ._servers import BIN, ROOT
+from ._servers import BIN, ROOT, no_modal_credentials
 
 DOC = (ROOT / "docs" / "deploy.md").read_text()
 BLOCKS = re.findall(r"^```(\w+)\n(.*?)^```", DOC, flags=re.S | re.M)
@@ -89,7 +85,17 @@ def check_json(folder: Path, *args: str) -> dict:
 
 
 def codes(report: dict) -> list[str]:
-    return [w["code"] for w in report["warnings"]]
+    return [f["code"] for f in report["findings"]]
+
+
+def findings_of(out: str, severity: str) -> list[str]:
+    """The ``severity: message`` lines of the text output, each with its ``  fix:`` line."""
+    lines = out.splitlines()
+    return [
+        f"{line}\n{lines[n + 1]}"
+        for n, line in enumerate(lines)
+        if line.startswith(f"{severity}: ")
+    ]
 
 
 def test_lazy_imports_in_load_that_the_image_lacks_are_named_with_the_fix(tmp_path):
@@ -102,20 +108,21 @@ def test_lazy_imports_in_load_that_the_image_lacks_are_named_with_the_fix(tmp_pa
     )
     done = check(tmp_path)
     assert done.returncode == 0, done.stderr
-    warnings = [line for line in done.stdout.splitlines() if line.startswith("warning: ")]
+    errors = findings_of(done.stdout, "error")
     torch_line, transformers_line = line_of(path, "import torch"), line_of(path, "transformers")
     assert any(
-        f"torch is imported (svc.py:{torch_line} in Svc.load)" in line
-        and 'add "torch" to packages=[...]' in line
-        and "ModuleNotFoundError" in line
-        for line in warnings
-    ), warnings
+        f"torch is imported (svc.py:{torch_line} in Svc.load)" in error
+        and "ModuleNotFoundError" in error
+        and '\n  fix: add "torch" to packages=[...]' in error
+        for error in errors
+    ), errors
     assert any(
-        f"transformers is imported (svc.py:{transformers_line} in Svc.load)" in line
-        and 'add "transformers" to packages=[...]' in line
-        for line in warnings
-    ), warnings
-    assert len(warnings) == 2, done.stdout  # pandas (TYPE_CHECKING), pydantic, the kit: fine
+        f"transformers is imported (svc.py:{transformers_line} in Svc.load)" in error
+        and '\n  fix: add "transformers" to packages=[...]' in error
+        for error in errors
+    ), errors
+    assert len(errors) == 2, done.stdout  # pandas (TYPE_CHECKING), pydantic, the kit: fine
+    assert "warning: " not in done.stdout and "no warnings" not in done.stdout
     assert check(tmp_path, "--strict").returncode == 1
 
 
@@ -131,14 +138,34 @@ def test_the_same_imports_listed_in_packages_or_brought_by_one_pass(tmp_path):
         options='packages=["torch==2.13.0", "Transformers[torch]>=4.40"]',
     )
     report = check_json(tmp_path, "--strict")
-    assert report["warnings"] == [], report["warnings"]  # starlette: fastapi; aiohttp: Modal
+    assert report["findings"] == [], report["findings"]  # starlette: fastapi; aiohttp: Modal
     # sentence-transformers depends on transformers, torch and numpy (as installed here).
     write_service(
         tmp_path,
         load="import torch, numpy\nfrom transformers import AutoModel",
         options='packages=["sentence-transformers"]',
     )
-    assert check_json(tmp_path)["warnings"] == []
+    assert check_json(tmp_path)["findings"] == []
+
+
+MARKED = """python_version="3.12", packages=['httpx>=0.27; python_version < "{below}"']"""
+
+
+def test_a_package_whose_marker_leaves_out_the_image_s_python_is_missing(tmp_path):
+    path = write_service(tmp_path, load="import httpx", options=MARKED.format(below="3.11"))
+    done = check(tmp_path, "--strict")
+    assert done.returncode == 1, done.stderr
+    (error,) = findings_of(done.stdout, "error")
+    assert error.startswith(
+        f"error: httpx is imported (svc.py:{line_of(path, 'import httpx')} in Svc.load) but the "
+        "image does not install it: packages=[...] lists 'httpx>=0.27; python_version < \"3.11\"'"
+        ", whose marker leaves it out on the image's Python 3.12, so the container fails with "
+        "ModuleNotFoundError"
+    ), error
+    assert "\n  fix: change that marker so that it holds on Python 3.12" in error
+    assert codes(check_json(tmp_path)) == ["missing-package"]
+    write_service(tmp_path, load="import httpx", options=MARKED.format(below="3.13"))
+    assert check_json(tmp_path, "--strict")["findings"] == []
 
 
 def test_an_import_guarded_by_except_import_error_is_a_note_that_does_not_fail_strict(tmp_path):
@@ -153,19 +180,19 @@ def test_an_import_guarded_by_except_import_error_is_a_note_that_does_not_fail_s
     )
     done = check(tmp_path, "--strict")
     assert done.returncode == 0, done.stdout + done.stderr
-    notes = [line for line in done.stdout.splitlines() if line.startswith("note: ")]
+    notes = findings_of(done.stdout, "note")
     assert len(notes) == 1
     guarded = (
         f"ujson is imported only inside try/except ImportError (svc.py:{line_of(path, 'ujson')})"
     )
     assert guarded in notes[0]
-    assert 'add "ujson" to packages=[...]' in notes[0]
+    assert '\n  fix: if the deployment needs it, add "ujson" to packages=[...]' in notes[0]
     assert "no warnings" in done.stdout
     report = check_json(tmp_path, "--strict")
-    assert [(w["code"], w["severity"]) for w in report["warnings"]] == [
+    assert [(f["code"], f["severity"]) for f in report["findings"]] == [
         ("optional-package", "note")
     ]
-    assert report["counts"] == {"warning": 0, "note": 1}
+    assert report["counts"] == {"error": 0, "warning": 0, "note": 1}
 
 
 def test_a_local_helper_is_walked_and_its_missing_package_named(tmp_path):
@@ -173,18 +200,19 @@ def test_a_local_helper_is_walked_and_its_missing_package_named(tmp_path):
     helper.write_text("import json\n\n\ndef resize(image):\n    import cv2\n\n    return cv2\n")
     path = write_service(tmp_path, top="import helpers\n", options='local_sources=["helpers"]')
     report = check_json(tmp_path)
-    assert codes(report) == ["missing-package"], report["warnings"]
-    (warning,) = report["warnings"]
-    assert warning["where"] == ["helpers.py:5"]
-    assert "cv2 is imported (helpers.py:5 in resize)" in warning["message"]
-    assert 'add "opencv-python" to packages=[...]' in warning["message"]
+    assert codes(report) == ["missing-package"], report["findings"]
+    (error,) = report["findings"]
+    assert error["where"] == ["helpers.py:5"] and error["severity"] == "error"
+    assert "cv2 is imported (helpers.py:5 in resize)" in error["message"]
+    assert error["fix"].startswith('add "opencv-python" to packages=[...]')
     # Without local_sources Modal does not ship the helper at all.
     write_service(tmp_path, top="import helpers\n")
     report = check_json(tmp_path)
     assert sorted(codes(report)) == ["local-module-not-shipped", "missing-package"]
-    shipped = next(w for w in report["warnings"] if w["code"] == "local-module-not-shipped")
+    shipped = next(f for f in report["findings"] if f["code"] == "local-module-not-shipped")
     assert shipped["where"] == [f"svc.py:{line_of(path, 'import helpers')}"]
-    assert 'set local_sources=["helpers"]' in shipped["message"]
+    assert shipped["fix"] == 'set local_sources=["helpers"] in @gpu_service(...)'
+    assert shipped["severity"] == "error"
 
 
 def test_a_local_package_is_followed_through_relative_imports(tmp_path):
@@ -195,17 +223,19 @@ def test_a_local_package_is_followed_through_relative_imports(tmp_path):
     (package / "config.py").write_text("def read():\n    import yaml\n\n    return yaml\n")
     write_service(tmp_path, top="from textkit import Model\n", options='local_sources=["textkit"]')
     report = check_json(tmp_path)
-    assert [(w["code"], w["where"]) for w in report["warnings"]] == [
+    assert [(f["code"], f["where"]) for f in report["findings"]] == [
         ("missing-package", ["textkit/config.py:2"])
     ]
-    assert 'add "pyyaml" to packages=[...]' in report["warnings"][0]["message"]
+    assert report["findings"][0]["fix"].startswith('add "pyyaml" to packages=[...]')
     write_service(tmp_path, options='local_sources=["textkt"]')
     report = check_json(tmp_path)
     assert codes(report) == ["local-source-not-found"]
-    assert "'textkt'" in report["warnings"][0]["message"]
+    assert "'textkt'" in report["findings"][0]["message"]
 
 
-def test_json_carries_the_table_the_idle_cost_and_each_warning_with_code_and_where(tmp_path):
+def test_json_carries_the_table_the_idle_cost_and_each_finding_with_code_fix_and_where(
+    tmp_path,
+):
     path = write_service(
         tmp_path,
         top='print("importing svc")\n',
@@ -226,11 +256,12 @@ def test_json_carries_the_table_the_idle_cost_and_each_warning_with_code_and_whe
         "min-containers-billed-idle",
         "unbounded-autoscaling",
     ]
-    for warning in report["warnings"]:
-        assert warning["severity"] == "warning" and warning["message"]
-        assert all(where.startswith("svc.py:") for where in warning["where"])
+    assert [f["severity"] for f in report["findings"]] == ["error", "warning", "warning"]
+    for finding in report["findings"]:
+        assert finding["message"] and finding["fix"]
+        assert all(where.startswith("svc.py:") for where in finding["where"])
     decorator = f"svc.py:{line_of(path, '@gpu_service')}"
-    assert report["warnings"][2]["where"] == [decorator]
+    assert report["findings"][2]["where"] == [decorator]
     assert report["idle_cost"] == {
         "gpu": ["H100:2"],
         "gpus_per_container": 2,
@@ -246,17 +277,17 @@ def test_json_carries_the_table_the_idle_cost_and_each_warning_with_code_and_whe
         "burst_tail_gpu_hours_per_container": 0.1667,
         "burst_tail_gpu_hours_at_max": None,
     }
-    assert report["counts"] == {"warning": 3, "note": 0}
+    assert report["counts"] == {"error": 1, "warning": 2, "note": 0}
 
 
 def test_unbounded_max_containers_is_flagged_and_a_bound_is_not(tmp_path):
     path = write_service(tmp_path)
     path.write_text(path.read_text().replace("max_containers=4, ", ""))
     done = check(tmp_path)
-    (warning,) = [line for line in done.stdout.splitlines() if line.startswith("warning: ")]
+    (warning,) = findings_of(done.stdout, "warning")
     assert warning.startswith("warning: max_containers is not set")
     assert "as many A10 containers as the load asks for" in warning
-    assert "set max_containers=N" in warning
+    assert "\n  fix: set max_containers=N" in warning
     assert "after a burst       0.0333 GPU-h per container" in done.stdout
     assert "no max_containers, so no bound" in done.stdout
     write_service(tmp_path)  # max_containers=4
@@ -342,6 +373,8 @@ def test_gpu_count(gpu, count):
         ("git+https://github.com/org/repo", None),
         ("https://example.com/pkg-1.0.whl", None),
         ("./wheels/pkg-1.0.whl", None),
+        ("pkg-1.0.whl", None),  # pip takes it for a file
+        ("-e .", None),
     ],
 )
 def test_requirement_names_are_normalised_without_versions_or_extras(spec, parsed):
@@ -349,13 +382,13 @@ def test_requirement_names_are_normalised_without_versions_or_extras(spec, parse
 
 
 def test_the_image_holds_the_dependencies_of_its_packages_and_modals_runtime():
-    present, unread = image_distributions(("fastapi==0.165.0", "not-installed-here>=1"))
-    assert {"fastapi", "starlette", "pydantic", "pydantic-core", "anyio"} <= present
-    assert {"modal", "grpclib", "protobuf", "modal-fastapi-kit"} <= present
-    assert "uvicorn" not in present  # only fastapi[standard] brings it
-    assert unread == ("not-installed-here>=1",)
-    assert "uvicorn" in image_distributions(("fastapi[standard]",))[0]
-    assert normalise("Foo_Bar.baz") == "foo-bar-baz"
+    image = image_packages(("fastapi==0.165.0", "not-installed-here>=1"), "3.12")
+    assert {"fastapi", "starlette", "pydantic", "pydantic-core", "anyio"} <= image.present
+    assert {"modal", "grpclib", "protobuf", "modal-fastapi-kit"} <= image.present
+    assert "uvicorn" not in image.present  # only fastapi[standard] brings it
+    assert image.unread == ("not-installed-here>=1",) and image.left_out == ()
+    assert "uvicorn" in image_packages(("fastapi[standard]",), "3.12").present
+    assert canonicalize_name("Foo_Bar.baz") == "foo-bar-baz"
 
 
 def test_a_namespace_package_is_not_taken_for_another_of_its_distributions(tmp_path):
@@ -365,10 +398,10 @@ def test_a_namespace_package_is_not_taken_for_another_of_its_distributions(tmp_p
         "    import google.cloud.pubsub_v1\n"
         "    from google.protobuf import json_format\n"  # protobuf: in Modal's runtime
     )
-    (problem,) = import_problems(path, ("fastapi==0.165.0",), ())
-    assert problem.code == "missing-package"
+    (problem,) = import_findings(path, ("fastapi==0.165.0",), (), "3.12")
+    assert (problem.code, problem.severity) == ("missing-package", "error")
     assert problem.where[0].endswith("ns_svc.py:2")
-    assert 'add "google-cloud-pubsub-v1" to packages=[...] (a name guessed' in problem.message
+    assert problem.fix.startswith('add "google-cloud-pubsub-v1" to packages=[...] (a name guessed')
 
 
 # -- the `mfk check` section of docs/deploy.md ---------------------------------------------
@@ -399,34 +432,65 @@ def test_the_docs_show_what_mfk_check_prints_for_the_example():
     assert without_local_versions(shown) == without_local_versions(done.stdout)
 
 
-def test_the_docs_classifier_gets_the_warning_shown_and_fails_strict(tmp_path):
+def console_session(block: str) -> list[tuple[str, list[str], str]]:
+    """The commands of a console block, each with the lines shown under it and the status
+    the ``$ echo $?`` after it shows."""
+    steps: list[tuple[str, list[str], str]] = []
+    for line in block.splitlines():
+        if line == "$ echo $?":
+            steps[-1] = (steps[-1][0], steps[-1][1], "?")
+        elif line.startswith("$ "):
+            steps.append((line[2:], [], ""))
+        elif steps[-1][2] == "?":
+            steps[-1] = (steps[-1][0], steps[-1][1], line)
+        else:
+            steps[-1][1].append(line)
+    return steps
+
+
+def test_the_docs_classifier_fails_strict_and_its_deploy_is_refused_as_shown(tmp_path):
     _needs_the_examples_installed()
     (tmp_path / "classifier.py").write_text(doc_block("python", "class Classifier"))
-    shown = doc_block("console", "$ mfk check --strict classifier.py").splitlines()
-    command, status = shown[0], shown[-1]
-    done = subprocess.run(
-        [str(BIN / "mfk"), *command.removeprefix("$ mfk ").split()],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert status == str(done.returncode) == "1"
-    warnings = [line for line in done.stdout.splitlines() if line.startswith("warning: ")]
-    assert [without_local_versions(line) for line in shown if line.startswith("warning: ")] == [
-        without_local_versions(line) for line in warnings
+    steps = console_session(doc_block("console", "$ mfk check --strict classifier.py"))
+    assert [command for command, _, _ in steps] == [
+        "mfk check --strict classifier.py",
+        "mfk deploy classifier.py",
     ]
+    for command, shown, status in steps:
+        done = subprocess.run(
+            [str(BIN / "mfk"), *command.split()[1:]],
+            cwd=tmp_path,
+            env=no_modal_credentials(tmp_path),  # never a deploy, whatever this machine holds
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert status == str(done.returncode) == "1", done.stderr
+        printed = (done.stdout + done.stderr).splitlines()
+        if shown[0] == "...":  # the table, left out
+            shown = shown[1:]
+            printed = printed[-len(shown) :]
+        assert [without_local_versions(line) for line in shown] == [
+            without_local_versions(line) for line in printed
+        ]
+    assert (
+        "--skip-checks"
+        in subprocess.run(
+            [str(BIN / "mfk"), "deploy", "--help"], capture_output=True, text=True, timeout=60
+        ).stdout
+    )
 
 
-def test_the_docs_ci_snippet_reads_the_json_and_stops_on_warnings(tmp_path, monkeypatch, capsys):
+def test_the_docs_ci_snippet_reads_the_json_and_stops_on_findings(tmp_path, monkeypatch, capsys):
     (tmp_path / "classifier.py").write_text(doc_block("python", "class Classifier"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    with pytest.raises(SystemExit, match=r"mfk check found 1 warning\(s\)"):
+    with pytest.raises(SystemExit, match=r"mfk check found 1 error\(s\), 0 warning\(s\)"):
         exec(compile(doc_block("python", '"--json"'), "deploy.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("missing-package classifier.py:18 transformers is imported")
-    assert printed[1] == "0.0 GPU-hours a month while idle"
+    assert printed[0].startswith("error missing-package classifier.py:18 transformers is imported")
+    assert printed[1].startswith('  fix: add "transformers" to packages=[...]')
+    assert printed[2] == "0.0 GPU-hours a month while idle"
 
 
 def _needs_the_examples_installed() -> None:

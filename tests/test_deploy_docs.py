@@ -29,7 +29,7 @@ from ._servers import BIN, ROOT, free_port, no_modal_credentials, running, wait_
 PAGE = ROOT / "docs" / "deploy.md"
 EXAMPLE = ROOT / "examples" / "embeddings.py"
 CREDENTIALS = block(PAGE, "console", "$ modal token new")
-DEPLOY = block(PAGE, "console", "$ mfk deploy")
+DEPLOY = block(PAGE, "console", "$ mfk deploy examples/embeddings.py")
 CURL = block(PAGE, "console", "$ curl $URL/healthz")
 ROUTER = block(PAGE, "python", 'backend="modal"')
 SNAPSHOT = block(PAGE, "python", "def to_device")

@@ -51,7 +51,7 @@ def no_credentials(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def service_file(tmp_path: Path, decorator: str, bind_app: bool = True) -> Path:
+def service_file(tmp_path: Path, decorator: str, bind_app: bool = True, load: str = "pass") -> Path:
     source = textwrap.dedent(
         """
         from pydantic import BaseModel
@@ -65,10 +65,13 @@ def service_file(tmp_path: Path, decorator: str, bind_app: bool = True) -> Path:
 
         @gpu_service({decorator})
         class Svc(ModelServer[In, Out]):
+            def load(self) -> None:
+                {load}
+
             def predict_batch(self, items: list[In]) -> list[Out]:
                 return [Out(y=i.x) for i in items]
         """
-    ).format(decorator=decorator)
+    ).format(decorator=decorator, load=load)
     if bind_app:
         source += "\napp = Svc.modal_app()\n"
     path = tmp_path / "svc.py"
@@ -188,6 +191,53 @@ def test_deploy_without_credentials_says_how_to_get_them_and_deploys_nothing(tmp
     assert "MODAL_TOKEN_ID" in done.stderr
     assert "MODAL_TOKEN_SECRET" in done.stderr
     assert "$ modal deploy" not in done.stdout  # modal deploy never started
+    assert "mfk check" not in done.stderr.splitlines()[0]  # the checks found nothing to refuse
+
+
+# httpx is installed here, but neither the image's pins nor Modal's runtime bring it.
+NEEDS_HTTPX = 'name="svc", gpu="A10", max_batch_size=4, max_containers=2'
+
+
+def test_deploy_refuses_an_image_that_lacks_an_import_and_shows_the_fix(tmp_path):
+    path = service_file(tmp_path, NEEDS_HTTPX, load="import httpx")
+    done = mfk("deploy", "svc.py", cwd=tmp_path, env=no_credentials(tmp_path))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert lines[0] == (
+        "error: `mfk check svc.py` finds 1 error that would fail on Modal, so nothing was deployed:"
+    )
+    import_line = next(
+        n for n, text in enumerate(path.read_text().splitlines(), 1) if "httpx" in text
+    )
+    assert lines[1] == (
+        f"error: httpx is imported (svc.py:{import_line} in Svc.load) but the image does not "
+        "install it, so the container fails with ModuleNotFoundError"
+    )
+    assert lines[2].startswith('  fix: add "httpx" to packages=[...]')
+    assert lines[3] == "Fix it and run this command again, or pass --skip-checks to deploy anyway."
+    assert "credentials" not in done.stderr  # refused before the credentials are looked at
+
+
+def test_skip_checks_deploys_past_the_check_up_to_the_credentials(tmp_path):
+    service_file(tmp_path, NEEDS_HTTPX, load="import httpx")
+    done = mfk("deploy", "--skip-checks", "svc.py", cwd=tmp_path, env=no_credentials(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: no Modal credentials found, so nothing was deployed.")
+    assert "mfk check svc.py" in done.stderr  # the help's pointer, not a refusal
+    assert "ModuleNotFoundError" not in done.stderr
+
+
+def test_deploy_refuses_a_package_whose_marker_leaves_out_the_image_s_python(tmp_path):
+    marked = """python_version="3.12", packages=['httpx; python_version < "3.11"']"""
+    service_file(tmp_path, f"{NEEDS_HTTPX}, {marked}", load="import httpx")
+    done = mfk("deploy", "svc.py", cwd=tmp_path, env=no_credentials(tmp_path))
+    assert done.returncode == 1
+    assert "whose marker leaves it out on the image's Python 3.12" in done.stderr
+    service_file(tmp_path, f"{NEEDS_HTTPX}, {marked.replace('3.11', '3.13')}", load="import httpx")
+    done = mfk("deploy", "svc.py", cwd=tmp_path, env=no_credentials(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: no Modal credentials found")
 
 
 def test_deploy_refuses_a_file_that_does_not_bind_app(tmp_path):
@@ -201,7 +251,10 @@ def test_check_warns_when_the_app_is_not_bound(tmp_path):
     path = service_file(tmp_path, 'name="svc", gpu="A10", max_batch_size=4', bind_app=False)
     done = mfk("check", str(path))
     assert done.returncode == 0, done.stderr
-    assert "warning: the file does not bind the app: add `app = Svc.modal_app()`" in done.stdout
+    assert (
+        "error: the file does not bind the app, so `modal deploy` finds nothing to deploy\n"
+        "  fix: add `app = Svc.modal_app()` at module level\n"
+    ) in done.stdout
 
 
 def test_deploy_output_is_echoed_and_its_urls_collected(capsys):

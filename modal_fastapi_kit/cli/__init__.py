@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
-    except KitError as exc:  # UsageError, ConfigError, MissingExtraError: fixable by the user
+    except KitError as exc:  # UsageError (the command line), ConfigError (the service file)
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,8 +1,10 @@
 """``mfk deploy FILE.py``: run ``modal deploy`` on the file, then print the URL and next steps.
 
 Before anything reaches Modal the file is imported and checked: it must hold one
-``@gpu_service`` class and bind its app as ``app = X.modal_app()``, and Modal credentials must
-be configured. Without credentials it says how to get them and exits with status 1.
+``@gpu_service`` class and bind its app as ``app = X.modal_app()``; ``mfk check``'s errors (an
+import the image lacks, a local module Modal does not ship) refuse the deploy, with their fixes,
+unless ``--skip-checks``; and Modal credentials must be configured. A refused deploy, or one
+without credentials, exits with status 1 and sends nothing.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._deploy_checks import check_service
 from ..exceptions import ConfigError
+from ._check import print_findings
 from ._loading import UsageError, load_service
 
-__all__ = ["CREDENTIALS_HELP", "add_parser", "run"]
+__all__ = ["CREDENTIALS_HELP", "SKIP_CHECKS", "add_parser", "run"]
+
+SKIP_CHECKS = "--skip-checks"
 
 CREDENTIALS_HELP = """\
 error: no Modal credentials found, so nothing was deployed.
@@ -41,6 +47,12 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("target", metavar="FILE.py[:Class]", help="file holding the class")
     parser.add_argument("--env", "-e", help="Modal environment to deploy to")
+    parser.add_argument(
+        SKIP_CHECKS,
+        action="store_true",
+        help="deploy even when `mfk check` finds errors (an import the image lacks, a local "
+        "module Modal does not ship)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -59,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
             f"{path} does not bind the Modal app: add `app = {server_cls.__name__}.modal_app()` "
             "at module level (`modal deploy` looks for a module-level `app`)"
         )
+    # (A Namespace built without skip_checks, by a program calling run(), runs the checks.)
+    if not getattr(args, "skip_checks", False) and not _checks_pass(server_cls, path):
+        return 1
     if not credentials_configured():
         print(CREDENTIALS_HELP.format(target=path), file=sys.stderr)
         return 1
@@ -71,6 +86,27 @@ def run(args: argparse.Namespace) -> int:
         return 1
     _next_steps(built, urls)
     return 0
+
+
+def _checks_pass(server_cls: type, path: str) -> bool:
+    """Whether ``mfk check`` finds nothing that fails the deploy; else say what and how to fix
+    it, on stderr."""
+    errors = check_service(server_cls).errors
+    if not errors:
+        return True
+    count = f"{len(errors)} error" + ("s" if len(errors) > 1 else "")
+    print(
+        f"error: `mfk check {path}` finds {count} that would fail on Modal, so nothing was "
+        "deployed:",
+        file=sys.stderr,
+    )
+    print_findings(errors, file=sys.stderr)
+    print(
+        f"Fix {'them' if len(errors) > 1 else 'it'} and run this command again, or pass "
+        f"{SKIP_CHECKS} to deploy anyway.",
+        file=sys.stderr,
+    )
+    return False
 
 
 def _run_streaming(command: list[str]) -> list[str] | None:
