@@ -91,8 +91,8 @@ Pause = Callable[[float], None]  # let the serving loop run (its watchdog beats 
 
 
 @contextmanager
-def local() -> Iterator[tuple[Ask, Pause]]:
-    with ThreadedServer(SplitTable.asgi_app()) as server:
+def local(server_cls: type = SplitTable) -> Iterator[tuple[Ask, Pause]]:
+    with ThreadedServer(server_cls.asgi_app()) as server:  # type: ignore[attr-defined]
         wait_ready(server.url)
         with httpx.Client(base_url=server.url, timeout=20) as client:
 
@@ -121,15 +121,15 @@ def in_container(
         yield ask, lambda seconds: container.run(asyncio.sleep(seconds))
 
 
-def split() -> Iterator[tuple[Ask, Pause]]:
+def split(server_cls: type = SplitTable) -> Iterator[tuple[Ask, Pause]]:
     return in_container(
-        SplitTable,
-        lambda c: SplitTable.asgi_app(backend="modal", handle=c.handle()),
+        server_cls,
+        lambda c: server_cls.asgi_app(backend="modal", handle=c.handle()),  # type: ignore[attr-defined]
     )
 
 
-def colocated() -> Iterator[tuple[Ask, Pause]]:
-    return in_container(ColocatedTable, lambda c: c.partials["mfk_web"].raw_f(c.instance))
+def colocated(server_cls: type = ColocatedTable) -> Iterator[tuple[Ask, Pause]]:
+    return in_container(server_cls, lambda c: c.partials["mfk_web"].raw_f(c.instance))
 
 
 @pytest.mark.parametrize("path", [local, split, colocated], ids=["local", "split", "colocated"])
@@ -149,3 +149,58 @@ def test_every_path_answers_the_failure_table_the_same_way(path):
         assert "secret" not in text
         if code is not None:
             assert json.loads(text)["code"] == code, (body, text)
+
+
+class Piece(BaseModel):
+    n: int
+
+
+class StreamModel(ModelServer[Case, Piece]):
+    def predict(self, item: Case) -> Iterator[Piece]:
+        yield Piece(n=1)
+        if item.mode == "raise":
+            raise RuntimeError("secret: the stream broke")
+        if item.mode == "refuse":
+            raise InputError("the second piece of this case is refused")
+        yield Piece(n=2)
+
+
+@gpu_service(name="stream-split", route="/case", request_timeout=10)
+class SplitStream(StreamModel):
+    pass
+
+
+@gpu_service(name="stream-colocated", topology="colocated", route="/case", request_timeout=10)
+class ColocatedStream(StreamModel):
+    pass
+
+
+# (request, what the stream ends with): chunks, then the end or an error event with its code.
+STREAM_TABLE = [
+    ({"mode": "ok"}, None),
+    ({"mode": "raise"}, ("predict_failed", "predict failed; quote the request id")),
+    ({"mode": "refuse"}, ("invalid_input", "the second piece of this case is refused")),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "server_cls"),
+    [(local, SplitStream), (split, SplitStream), (colocated, ColocatedStream)],
+    ids=["local", "split", "colocated"],
+)
+def test_every_path_ends_a_failed_stream_with_the_same_coded_error_event(path, server_cls):
+    with path(server_cls) as (ask, _):
+        seen = [ask(body) for body, _ in STREAM_TABLE]
+    for (body, ends), (status, text) in zip(STREAM_TABLE, seen, strict=True):
+        assert status == 200, (body, text)
+        events = [e for e in text.split("\n\n") if e]
+        assert events[0] == 'data: {"n":1}', (body, text)
+        assert "secret" not in text
+        if ends is None:
+            assert events[1:] == ['data: {"n":2}'], (body, text)
+            continue
+        (error,) = events[1:]
+        assert error.startswith("event: error\ndata: "), (body, text)
+        said = json.loads(error.split("data: ", 1)[1])
+        assert (said["code"], said["request_id"] is not None) == (ends[0], True)
+        assert ends[1] in said["detail"]
