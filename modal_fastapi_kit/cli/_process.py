@@ -1,5 +1,6 @@
 """What ``mfk serve`` sets up in the process it owns (a router mounted in someone else's app
-leaves all of this to them): the event loop, open-file limits, signals, log output."""
+leaves all of this to them): the event loop, open-file limits, the limit on requests at once,
+signals, log output."""
 
 from __future__ import annotations
 
@@ -15,8 +16,14 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import uvicorn
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .._http.errors import error_response, request_id
+from ..exceptions import ErrorCode, QueueFullError
 
 __all__ = [
+    "ConcurrencyLimit",
     "OpenFiles",
     "Server",
     "configure_logging",
@@ -58,6 +65,45 @@ def raise_open_files_limit() -> OpenFiles:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
     return OpenFiles(min(soft, MAX_OPEN_FILES), hard)
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: at most ``limit`` HTTP requests at once (a stream counts until its
+    end). One more is answered at once with the kit's 503 ``overloaded`` (``Retry-After: 1``,
+    ``X-Request-ID``) and ``Connection: close``, so that a flood of requests lets go of its
+    connections as fast as it opens them.
+
+    It replaces uvicorn's own ``limit_concurrency`` for requests, whose answer is a plain-text
+    503; uvicorn keeps its limit on connections (``OpenFiles.connection_limit``), which no
+    app sees.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+        elif self.in_flight >= self.limit:
+            await self.refuse(scope, receive, send)
+        else:
+            self.in_flight += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.in_flight -= 1
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = QueueFullError(
+            f"the server is answering {self.limit} requests at once, its limit "
+            "(mfk serve --limit-concurrency); retry after Retry-After",
+            code=ErrorCode.OVERLOADED,
+        )
+        response = error_response(error, request_id(HTTPConnection(scope)))
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)
 
 
 def run_on_best_loop(main: Coroutine[Any, Any, T]) -> T:

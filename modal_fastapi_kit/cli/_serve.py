@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from .._assembly import service_app, service_router
 from .._backends import Backend, LoadState
@@ -21,14 +22,18 @@ from .._heap import freeze_loaded_heap
 from ._loading import load_service
 from ._process import (
     RESERVED_FILES,
+    ConcurrencyLimit,
     Server,
     configure_logging,
     raise_open_files_limit,
     run_on_best_loop,
 )
 from ._reload import TARGET_ENV
+from ._reload import app as reload_app
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "reloaded_app", "run"]
+
+LIMIT_ENV = "MFK_SERVE_LIMIT_CONCURRENCY"  # --limit-concurrency, for --reload's fresh processes
 
 PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 SHUTDOWN_GRACE = 5  # seconds past request_timeout that a graceful shutdown may take
@@ -68,9 +73,11 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--limit-concurrency",
-        type=int,
-        help="connections and requests at once before answering 503 (default: the open-file "
-        f"limit, raised to its maximum, less {RESERVED_FILES})",
+        type=_at_least_one,
+        metavar="N",
+        help="requests at once before answering 503 with code overloaded and Retry-After: 1 "
+        "(default: no limit but the one on connections, the open-file limit raised to its "
+        f"maximum less {RESERVED_FILES}, over which a connection is answered a plain 503)",
     )
     parser.add_argument(
         "--timeout-keep-alive",
@@ -103,6 +110,16 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of requests: give 1 or more")
+    return number
+
+
 def run(args: argparse.Namespace) -> int:
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
@@ -118,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         # A request never waits past its deadline; a stream or a stuck connection that
         # outlives it is cut, so SIGTERM ends the process in bounded time.
         "timeout_graceful_shutdown": math.ceil(spec.config.request_timeout) + SHUTDOWN_GRACE,
-        "limit_concurrency": args.limit_concurrency or files.connection_limit(),
+        # Connections only: the limit on requests is the kit's, whose 503 is the kit's JSON.
+        "limit_concurrency": files.connection_limit(),
         "timeout_keep_alive": args.timeout_keep_alive,
         "backlog": args.backlog,
         "proxy_headers": args.proxy_headers is not None,
@@ -127,23 +145,38 @@ def run(args: argparse.Namespace) -> int:
     if args.max_header_bytes is not None:
         options.update(http="h11", h11_max_incomplete_event_size=args.max_header_bytes)
     if args.reload:
-        return _serve_reloading(args.target, options)
+        return _serve_reloading(args.target, options, args.limit_concurrency)
     router = service_router(spec)
-    server = Server(uvicorn.Config(service_app(spec, router), **options))
+    server = Server(
+        uvicorn.Config(_limited(service_app(spec, router), args.limit_concurrency), **options)
+    )
     code = run_on_best_loop(_serve(server, router.backend, spec.name))
     if signal.SIGINT in server.signals:
         raise KeyboardInterrupt  # Ctrl-C: the CLI exits 130, as a shell expects
     return code
 
 
-def _serve_reloading(target: str, options: dict[str, Any]) -> int:
+def _limited(app: ASGIApp, limit: int | None) -> ASGIApp:
+    """``app`` answering at most ``limit`` requests at once (``None``: no limit)."""
+    return app if limit is None else ConcurrencyLimit(app, limit)
+
+
+def reloaded_app() -> ASGIApp:
+    """The app of each process that ``--reload`` starts: ``_reload.app`` under the limit
+    that ``mfk serve`` put in the environment."""
+    limit = os.environ.get(LIMIT_ENV)
+    return _limited(reload_app(), int(limit) if limit else None)
+
+
+def _serve_reloading(target: str, options: dict[str, Any], limit: int | None) -> int:
     """uvicorn's reloader: a fresh process (and a fresh load) whenever a ``.py`` file next to
-    the service file changes; the app comes from ``_reload.app``."""
+    the service file changes; the app comes from ``reloaded_app``."""
     path, _, name = target.partition(":")
     folder = Path(path).resolve().parent
     os.environ[TARGET_ENV] = str(Path(path).resolve()) + (f":{name}" if name else "")
+    os.environ[LIMIT_ENV] = "" if limit is None else str(limit)
     uvicorn.run(
-        "modal_fastapi_kit.cli._reload:app",
+        "modal_fastapi_kit.cli._serve:reloaded_app",
         factory=True,
         reload=True,
         reload_dirs=[str(folder)],
