@@ -99,8 +99,17 @@ async def settle(
     if not items:
         return Settled([], 0)
     run = _Search(items, call, blame, search, cap or len(items), broken_after)
-    await run.piece(list(range(len(items))), None)
-    return run.result()
+    every = list(range(len(items)))
+    if len(items) > run.limit:
+        await run.piece(every, None)
+        return run.result()
+    run.calls = 1
+    try:
+        results = await call(list(items))
+    except Exception as exc:
+        await run.failed(every, exc)
+        return run.result()
+    return Settled(list(results), 1)
 
 
 @dataclass(eq=False)
@@ -130,33 +139,34 @@ class _Search(Generic[T, R]):
         if len(idx) > self.limit:
             await self._halves(idx, None)
             return
-        if known is None or len(idx) == 1:
-            self.calls += 1
-            try:
-                results = await self.call([self.items[i] for i in idx])
-            except Exception as exc:
-                known = exc
-            else:
-                self.succeeded = True
-                for i, result in zip(idx, results, strict=True):
-                    self.outcomes[i] = result
-                return
-            blame = self.blame(known)
-            if blame is Blame.ALL:
-                self.stop = known
-                self._fail(idx, known)
-                return
-            if len(idx) == 1:
-                self._fail_alone(idx[0], known, blame)
-                return
-            if blame is Blame.SIZE:
-                self.too_big.append(idx)
-                await self._halves(idx, None)  # no item to blame: both halves must run
-                return
-            if not self.search:
-                self._fail(idx, known)
-                return
-        await self._halves(idx, known)
+        if known is not None and len(idx) > 1:
+            await self._halves(idx, known)
+            return
+        self.calls += 1
+        try:
+            results = await self.call([self.items[i] for i in idx])
+        except Exception as exc:
+            await self.failed(idx, exc)
+            return
+        self.succeeded = True
+        for i, result in zip(idx, results, strict=True):
+            self.outcomes[i] = result
+
+    async def failed(self, idx: list[int], error: Exception) -> None:
+        """The call for the items at ``idx`` raised ``error``: answer them all the same."""
+        blame = self.blame(error)
+        if blame is Blame.ALL:
+            self.stop = error
+            self._fail(idx, error)
+        elif len(idx) == 1:
+            self._fail_alone(idx[0], error, blame)
+        elif blame is Blame.SIZE:
+            self.too_big.append(idx)
+            await self._halves(idx, None)  # no item to blame: both halves must run
+        elif not self.search:
+            self._fail(idx, error)
+        else:
+            await self._halves(idx, error)
 
     async def _halves(self, idx: list[int], known: BaseException | None) -> None:
         first, second = idx[0::2], idx[1::2]

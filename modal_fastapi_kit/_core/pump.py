@@ -64,7 +64,9 @@ class StreamPump:
                 loop.create_task(self._pump(fn(item), [stream]))
                 for item, stream in zip(items, streams, strict=True)
             ]
-        return StreamBatch(list(streams), done=asyncio.gather(*pumps))
+        done = asyncio.gather(*pumps)
+        done.add_done_callback(_seen)  # cancelled at shutdown with nobody waiting: no warning
+        return StreamBatch(list(streams), done=done)
 
     async def _pump(self, generator: Any, streams: list[ItemStream]) -> None:
         batch = self.hook.batch
@@ -128,6 +130,11 @@ class StreamPump:
                 await self.thread.call(generator.close)
         except Exception:
             logger.exception("%s: closing its generator raised", self.outcomes.label)
+
+
+def _seen(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 def _done_future() -> asyncio.Future[None]:
