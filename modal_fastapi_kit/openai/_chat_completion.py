@@ -206,7 +206,7 @@ class ChatStream(ChunkStream):
         data = frames.chunk({"content": held}) if held else b""
         data += frames.chunk({}, answer.finish)
         if frames.include_usage:
-            data += frames.usage(answer)
+            data += frames.usage(answer.usage())
         return data + DONE
 
     def error_frame(self, error: BaseException) -> bytes:

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from ._chat_completion import Completion
 
 __all__ = [
     "DONE",
@@ -127,7 +124,7 @@ class ChatFrames:
             body["usage"] = None
         return event(body)
 
-    def usage(self, answer: Completion) -> bytes:
+    def usage(self, usage: dict[str, int]) -> bytes:
         return event(
             {
                 "id": self.id,
@@ -135,11 +132,11 @@ class ChatFrames:
                 "created": self.created,
                 "model": self.model,
                 "choices": [],
-                "usage": answer.usage(),
+                "usage": usage,
             }
         )
 
-    def completion(self, answer: Completion) -> dict[str, Any]:
+    def completion(self, text: str, finish: str | None, usage: dict[str, int]) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -148,12 +145,12 @@ class ChatFrames:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(answer.text)},
-                    "finish_reason": answer.finish,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
                     "logprobs": None,
                 }
             ],
-            "usage": answer.usage(),
+            "usage": usage,
         }
 
 

@@ -130,7 +130,8 @@ class ChatApi:
                 return Response(status_code=499)
             except Exception as exc:
                 return openai_error_response(exc, rid)
-            return JSONResponse(frames.completion(answer), headers={REQUEST_ID_HEADER: rid})
+            completion = frames.completion("".join(answer.text), answer.finish, answer.usage())
+            return JSONResponse(completion, headers={REQUEST_ID_HEADER: rid})
 
         name = f"{config.name}.chat"
         prepare_endpoint(completions, spec)
