@@ -149,7 +149,10 @@ def test_the_origin_lock_refuses_without_the_secret_and_uses_the_public_host(
         }
         through_the_edge = client.get("/where", headers=edge)
         probe = client.get("/ml/healthz")
-    assert (refused.status_code, refused.json()) == (403, {"detail": "forbidden", "code": "forbidden"})
+    assert (refused.status_code, refused.json()) == (
+        403,
+        {"detail": "forbidden", "code": "forbidden"},
+    )
     assert through_the_edge.json() == {"url": "https://api.example.com/where"}
     assert probe.status_code == (200 if part == "by hand" else 403)  # its open_paths
 

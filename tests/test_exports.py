@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from pydantic import BaseModel
 
 import modal_fastapi_kit
