@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             "at module level (`modal deploy` looks for a module-level `app`)"
         )
     # (A Namespace built without skip_checks, by a program calling run(), runs the checks.)
-    if not getattr(args, "skip_checks", False) and not _checks_pass(server_cls, path):
+    if not getattr(args, "skip_checks", False) and not _checks_pass(server_cls, args.target):
         return 1
     if not credentials_configured():
         print(CREDENTIALS_HELP.format(target=path), file=sys.stderr)
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checks_pass(server_cls: type, path: str) -> bool:
+def _checks_pass(server_cls: type, target: str) -> bool:
     """Whether ``mfk check`` finds nothing that fails the deploy; else say what and how to fix
     it, on stderr."""
     errors = check_service(server_cls).errors
@@ -96,7 +96,7 @@ def _checks_pass(server_cls: type, path: str) -> bool:
         return True
     count = f"{len(errors)} error" + ("s" if len(errors) > 1 else "")
     print(
-        f"error: `mfk check {path}` finds {count} that would fail on Modal, so nothing was "
+        f"error: `mfk check {target}` finds {count} that would fail on Modal, so nothing was "
         "deployed:",
         file=sys.stderr,
     )
