@@ -14,15 +14,19 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
 from ._backends import Backend, BackendName, create_backend
 from ._core.spec import ServiceSpec
 from ._http.auth import ApiKeys, key_dependency
+from ._http.errors import error_response, request_id
 from ._http.front import install_front
 from ._http.origin_lock import apply_origin_lock
 from ._http.route import KitRoute
 from ._http.router import ServiceRouter, build_router
 from ._metrics import metrics_registry
+from .exceptions import ErrorCode, InputError, ServingError
 
 __all__ = ["opentelemetry_configured", "service_app", "service_router"]
 
@@ -47,6 +51,7 @@ def service_app(spec: ServiceSpec, router: ServiceRouter) -> FastAPI:
         summary=(spec.server_cls.__doc__ or "").strip(),
         telemetry=None if opentelemetry_configured() else _NO_TELEMETRY,
     )
+    app.add_exception_handler(HTTPException, _http_error)
     app.include_router(router)
     for route in router.routes:
         if isinstance(route, KitRoute):
@@ -78,6 +83,26 @@ _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fa
 def opentelemetry_configured(environ: Mapping[str, str] | None = None) -> bool:
     """Whether the environment configures OpenTelemetry (an ``OTEL_*`` variable is set)."""
     return any(name.startswith("OTEL_") for name in (os.environ if environ is None else environ))
+
+
+_HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """The app's own refusals (no such path, a method the route does not take) in the kit's
+    error body; its other routes answer that body themselves (``KitRoute``)."""
+    if not isinstance(exc, HTTPException):  # registered for HTTPException only
+        raise exc
+    status = exc.status_code
+    error: ServingError
+    if 400 <= status <= 499:
+        code = _HTTP_CODES.get(status, ErrorCode.REFUSED)
+        error = InputError(str(exc.detail), status_code=status, code=code)
+    else:
+        error = ServingError(str(exc.detail), status_code=status)
+    response = error_response(error, request_id(request))
+    response.headers.update(exc.headers or {})  # Allow, for a 405
+    return response
 
 
 async def _metrics() -> Response:

@@ -56,6 +56,8 @@ class ErrorCode(str, enum.Enum):
     UNREADABLE_BODY = "unreadable_body"
     BODY_TOO_LARGE = "body_too_large"
     REFUSED = "refused"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     NOT_READY = "not_ready"
@@ -264,6 +266,12 @@ ERROR_CODES: Mapping[ErrorCode, CodeInfo] = MappingProxyType(
         ),
         ErrorCode.REFUSED: CodeInfo(
             None, InputError, Retry.NEVER, "a dependency of the route refused the request (its 4xx)"
+        ),
+        ErrorCode.NOT_FOUND: CodeInfo(
+            404, InputError, Retry.NEVER, "no route at this path (in the apps the kit builds)"
+        ),
+        ErrorCode.METHOD_NOT_ALLOWED: CodeInfo(
+            405, InputError, Retry.NEVER, "the route does not take this method"
         ),
         ErrorCode.UNAUTHORIZED: CodeInfo(401, Unauthorized, Retry.NEVER, "no valid API key"),
         ErrorCode.FORBIDDEN: CodeInfo(

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import re
 
+from fastapi.testclient import TestClient
+
 from modal_fastapi_kit.exceptions import ERROR_CODES, ErrorCode
 
 from ._servers import ROOT
+from ._toys import Probe, doubler
 
 
 def table_rows(text: str, heading: str) -> list[list[str]]:
@@ -52,3 +55,15 @@ def test_the_readme_table_names_the_codes_with_their_status():
                 assert str(info.status) in answer, (situation, answer, code)
     # every code the kit's own routes answer is in the README (refused is a user dependency's)
     assert named == {c.value for c in ErrorCode} - {"refused"}
+
+
+def test_the_apps_the_kit_builds_answer_unknown_paths_and_methods_with_the_contract():
+    app = doubler(Probe()).asgi_app()
+    with TestClient(app) as client:
+        missing = client.get("/nope", headers={"x-request-id": "r-404"})
+        wrong = client.get("/double")
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": "Not Found", "code": "not_found", "request_id": "r-404"}
+    assert missing.headers["x-request-id"] == "r-404"
+    assert wrong.status_code == 405 and wrong.json()["code"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "POST"

@@ -23,6 +23,9 @@ __all__ = ["code_for_status", "error_from_answer", "read_error_body", "retry_aft
 _BY_STATUS: dict[int, ErrorCode] = {
     400: ErrorCode.UNREADABLE_BODY,
     401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.BODY_TOO_LARGE,
     422: ErrorCode.VALIDATION_FAILED,
     429: ErrorCode.OVERLOADED,
