@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -491,6 +492,18 @@ def test_the_docs_ci_snippet_reads_the_json_and_stops_on_findings(tmp_path, monk
     assert printed[0].startswith("error missing-package classifier.py:18 transformers is imported")
     assert printed[1].startswith('  fix: add "transformers" to packages=[...]')
     assert printed[2] == "0.0 GPU-hours a month while idle"
+
+
+def test_the_docs_program_snippet_calls_the_checks(tmp_path, monkeypatch, capsys):
+    (tmp_path / "classifier.py").write_text(doc_block("python", "class Classifier"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "classifier", raising=False)
+    exec(compile(doc_block("python", "check_service(Classifier)"), "deploy.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("missing-package ('classifier.py:18',")
+    assert 'add "transformers" to packages=[...]' in printed[0]
+    assert printed[1] == "0 warnings; 0.0 idle GPU-hours"
 
 
 def _needs_the_examples_installed() -> None:

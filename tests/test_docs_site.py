@@ -26,7 +26,7 @@ RUN_BY: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
     "docs/getting-started.md": (("test_getting_started.py",), {"python": 1, "bash": 6}),
     "docs/deploy.md": (
         ("test_deploy_docs.py", "test_check_imports.py"),
-        {"python": 5, "console": 5, "": 2},
+        {"python": 6, "console": 5, "": 2},
     ),
     "docs/custom-domain.md": (("test_custom_domain_docs.py",), {"python": 3, "bash": 6}),
     "docs/openai.md": (("test_openai_docs.py",), {"python": 6, "bash": 3, "json": 1}),
@@ -45,6 +45,7 @@ PUBLIC_MODULES = [
     "modal_fastapi_kit.openai",
     "modal_fastapi_kit.testing",
     "modal_fastapi_kit.client",
+    "modal_fastapi_kit.checks",
 ]
 
 
