@@ -270,7 +270,34 @@ def _timeout(options: ClientOptions) -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=min(seconds, 10.0))
 
 
-class ChunkStream(Generic[ResponseT]):
+class _Stream:
+    """What both streams share: the call, its request id, and the chunks read so far."""
+
+    def __init__(self, call: Attempts, body: bytes) -> None:
+        self._call = call
+        self._body = body
+        self._response: httpx.Response | None = None
+        self._reader: ChunkReader | None = None
+        self.request_id = call.request_id
+
+    @property
+    def attempts(self) -> int:
+        """Requests sent so far (retries + 1)."""
+        return self._call.attempts
+
+    @property
+    def count(self) -> int:
+        """Chunks read so far."""
+        return 0 if self._reader is None else self._reader.count
+
+    def _begin(self, response: httpx.Response, options: ClientOptions) -> ChunkReader:
+        self._response = response
+        self.request_id = self._call.answered_id(response)
+        self._reader = ChunkReader(options.service, options.shown, self.request_id)
+        return self._reader
+
+
+class ChunkStream(_Stream, Generic[ResponseT]):
     """The chunks of one streamed answer; ``request_id`` is known before the first one.
 
     An ``event: error`` after the first chunk raises the kit's error for its ``code``
@@ -278,22 +305,9 @@ class ChunkStream(Generic[ResponseT]):
     """
 
     def __init__(self, client: ServiceClient[Any, ResponseT], call: Attempts, body: bytes) -> None:
+        super().__init__(call, body)
         self._client = client
-        self._call = call
-        self._body = body
-        self._response: httpx.Response | None = None
         self._chunks: Generator[ResponseT, None, None] | None = None
-        self._reader: ChunkReader | None = None
-        self.request_id = call.request_id
-
-    @property
-    def attempts(self) -> int:
-        return self._call.attempts
-
-    @property
-    def count(self) -> int:
-        """Chunks read so far."""
-        return 0 if self._reader is None else self._reader.count
 
     def __enter__(self) -> ChunkStream[ResponseT]:
         self._start()
@@ -322,11 +336,8 @@ class ChunkStream(Generic[ResponseT]):
 
     def _start(self) -> Generator[ResponseT, None, None]:
         if self._chunks is None:
-            self._response = self._client._send(self._call, self._body, stream=True)
-            self.request_id = self._call.answered_id(self._response)
-            options = self._client._options
-            self._reader = ChunkReader(options.service, options.shown, self.request_id)
-            self._chunks = self._read(self._response, self._reader)
+            response = self._client._send(self._call, self._body, stream=True)
+            self._chunks = self._read(response, self._begin(response, self._client._options))
         return self._chunks
 
     @staticmethod
@@ -340,28 +351,15 @@ class ChunkStream(Generic[ResponseT]):
             raise reader.broken(exc) from exc
 
 
-class AsyncChunkStream(Generic[ResponseT]):
+class AsyncChunkStream(_Stream, Generic[ResponseT]):
     """The chunks of one streamed answer, for ``async for``; see ``ChunkStream``."""
 
     def __init__(
         self, client: AsyncServiceClient[Any, ResponseT], call: Attempts, body: bytes
     ) -> None:
+        super().__init__(call, body)
         self._client = client
-        self._call = call
-        self._body = body
-        self._response: httpx.Response | None = None
         self._chunks: AsyncGenerator[ResponseT, None] | None = None
-        self._reader: ChunkReader | None = None
-        self.request_id = call.request_id
-
-    @property
-    def attempts(self) -> int:
-        return self._call.attempts
-
-    @property
-    def count(self) -> int:
-        """Chunks read so far."""
-        return 0 if self._reader is None else self._reader.count
 
     async def __aenter__(self) -> AsyncChunkStream[ResponseT]:
         await self._start()
@@ -390,11 +388,8 @@ class AsyncChunkStream(Generic[ResponseT]):
 
     async def _start(self) -> AsyncGenerator[ResponseT, None]:
         if self._chunks is None:
-            self._response = await self._client._send(self._call, self._body, stream=True)
-            self.request_id = self._call.answered_id(self._response)
-            options = self._client._options
-            self._reader = ChunkReader(options.service, options.shown, self.request_id)
-            self._chunks = self._read(self._response, self._reader)
+            response = await self._client._send(self._call, self._body, stream=True)
+            self._chunks = self._read(response, self._begin(response, self._client._options))
         return self._chunks
 
     @staticmethod
