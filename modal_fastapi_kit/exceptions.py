@@ -289,7 +289,7 @@ ERROR_CODES: Mapping[ErrorCode, CodeInfo] = MappingProxyType(
         ),
         ErrorCode.QUEUE_FULL: CodeInfo(503, QueueFullError, Retry.SAFE, "max_queue_size reached"),
         ErrorCode.OVERLOADED: CodeInfo(
-            503, QueueFullError, Retry.SAFE, "the server's connection limit is reached"
+            503, QueueFullError, Retry.SAFE, "the limit on requests at once is reached (a 429 too)"
         ),
         ErrorCode.DEADLINE: CodeInfo(
             504, DeadlineExceeded, Retry.UNSAFE, "no answer (or chunk) within its deadline"
