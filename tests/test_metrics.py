@@ -4,6 +4,7 @@ Prometheus server (Debian's) scraping the served example and answering for its s
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import threading
 import time
@@ -220,3 +221,17 @@ def test_a_real_prometheus_scrapes_the_served_example(tmp_path: Path):
                         break
                     assert time.monotonic() < deadline, f"no result for {promql}"
                     time.sleep(0.5)
+
+
+def test_the_documented_series_are_the_ones_the_registry_has():
+    from modal_fastapi_kit import metrics_registry
+
+    from ._servers import ROOT
+
+    text = (ROOT / "docs" / "production.md").read_text()
+    documented = {
+        re.sub(r"_total$", "", name)
+        for name in re.findall(r"^\| `(mfk_[a-z_]+)\{", text, flags=re.M)
+    }
+    registered = {m.name for m in metrics_registry.collect() if m.name.startswith("mfk_")}
+    assert documented == registered
