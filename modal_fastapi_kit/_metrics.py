@@ -15,6 +15,8 @@ stay apart. What is measured:
 ``mfk_items_withdrawn_total``          items whose client left or gave up before their batch
 ``mfk_items_failed_total``             items answered with an error, by ``error`` class
 ``mfk_model_state``                    1 for the state the service is in (``state`` label)
+``mfk_load_seconds``                   seconds each load hook took, by ``phase`` (``load``,
+                                       ``to_device``, ``warmup``)
 ``mfk_stream_chunks_total``            chunks handed to streams
 =====================================  =================================================
 
@@ -78,6 +80,12 @@ _BATCH_CAP = Gauge(
     ["service"],
     registry=metrics_registry,
 )
+_LOAD_SECONDS = Gauge(
+    "mfk_load_seconds",
+    "Seconds each load hook took (load, to_device, warmup), by phase",
+    ["service", "phase"],
+    registry=metrics_registry,
+)
 _WITHDRAWN = Counter(
     "mfk_items_withdrawn",
     "Items that left the queue uncomputed: their client left or gave up",
@@ -136,6 +144,9 @@ class ServiceMetrics:
 
     def batch_cap(self, size: int) -> None:
         self._batch_cap.set(size)
+
+    def loaded(self, phase: str, seconds: float) -> None:
+        _LOAD_SECONDS.labels(self.service, phase).set(seconds)
 
 
 _BY_SERVICE: dict[str, ServiceMetrics] = {}

@@ -1,7 +1,7 @@
 """What the core reports as it works, without knowing who listens:
 
-- ``Recorder``: batch sizes, queue waits, failures and the batch cap, for a metrics backend
-  (``NO_RECORDER`` counts nothing);
+- ``Recorder``: batch sizes, queue waits, failures, the batch cap and the seconds each load
+  hook took, for a metrics backend (``NO_RECORDER`` counts nothing);
 - ``Trace``: one request's path through the core (time in queue, its batch's size and run
   time), for its access-log line.
 """
@@ -50,6 +50,9 @@ class Recorder(Protocol):
         """Batches hold at most ``size`` items from now on (lowered after running out of
         GPU memory)."""
 
+    def loaded(self, phase: str, seconds: float) -> None:
+        """The load hook ``phase`` (``load``, ``to_device``, ``warmup``) took ``seconds``."""
+
 
 class _Nothing:
     def batch(self, size: int, seconds: float) -> None:
@@ -68,6 +71,9 @@ class _Nothing:
         pass
 
     def batch_cap(self, size: int) -> None:
+        pass
+
+    def loaded(self, phase: str, seconds: float) -> None:
         pass
 
 

@@ -72,6 +72,7 @@ class ModelRuntime:
         self.state = LoadState.CREATED
         self.error: str | None = None
         self.load_seconds: float | None = None
+        self.phase_seconds: dict[str, float] = {}  # seconds each load hook took, in order
         self._hook = spec.predict
         self.outcomes = Outcomes(spec.hook_label, spec.response_model)
         self.watchdog = Watchdog(
@@ -92,6 +93,8 @@ class ModelRuntime:
     def recorder(self, recorder: Recorder) -> None:
         self._recorder = self._pump.recorder = recorder
         recorder.batch_cap(self.batch_cap.size)
+        for phase, seconds in self.phase_seconds.items():  # loaded before it was given
+            recorder.loaded(phase, seconds)
 
     @property
     def stalled(self) -> ModelStalled | None:
@@ -124,7 +127,7 @@ class ModelRuntime:
                 if self.instance is None:
                     self.instance = await self.thread.call(self.spec.server_cls)
                 for step in hooks:
-                    await self._call_hook(step)
+                    await self._timed_hook(step)
         except BaseException as exc:
             self.state = LoadState.FAILED
             self.error = f"{self.spec.name}.{step}() raised {type(exc).__name__}: {exc}"
@@ -135,7 +138,9 @@ class ModelRuntime:
         if final:
             self.state = LoadState.READY
             self.watchdog.start(self.config.stall_seconds, self.spec.name)
-            logger.info("%s ready in %.1fs", self.spec.name, self.load_seconds)
+            phases = ", ".join(f"{hook} {s:.1f}s" for hook, s in self.phase_seconds.items())
+            detail = f" ({phases})" if phases else ""
+            logger.info("%s ready in %.1fs%s", self.spec.name, self.load_seconds, detail)
 
     async def stop(self) -> None:
         """Run ``unload`` (if the model loaded) and let the inference thread end."""
@@ -169,6 +174,15 @@ class ModelRuntime:
         except Exception:
             logger.exception("%s.health() failed", self.spec.name)
             return False
+
+    async def _timed_hook(self, name: str) -> None:
+        """Run a load hook; its seconds go to ``phase_seconds`` and the recorder (added up
+        when a hook runs again, as after a memory snapshot's restore)."""
+        began = time.perf_counter()
+        await self._call_hook(name)
+        took = time.perf_counter() - began
+        self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + took
+        self.recorder.loaded(name, self.phase_seconds[name])
 
     async def _call_hook(self, name: str) -> Any:
         fn = getattr(self.instance, name)

@@ -4,6 +4,7 @@ generators, and one load at a time per process."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -452,3 +453,58 @@ async def test_a_failed_warmup_is_named_as_such():
     with pytest.raises(RuntimeError):
         await runtime.start()
     assert runtime.error == "WarmupFails.warmup() raised RuntimeError: CUDA out of memory"
+
+
+# -- load phases ---------------------------------------------------------------------------------
+
+
+@gpu_service(name="phased")
+class Phased(ModelServer[NumIn, NumOut]):
+    def load(self) -> None:
+        time.sleep(0.05)
+
+    async def warmup(self) -> None:
+        await asyncio.sleep(0.02)
+
+    def predict(self, item: NumIn) -> NumOut:
+        return NumOut(y=item.x)
+
+
+class Loads:
+    """A recorder that keeps the load phases it is told."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, float]] = []
+
+    def loaded(self, phase: str, seconds: float) -> None:
+        self.phases.append((phase, seconds))
+
+    def __getattr__(self, name: str) -> object:
+        return lambda *args: None
+
+
+async def test_each_load_hook_s_seconds_are_kept_recorded_and_logged(caplog):
+    heard = Loads()
+    with caplog.at_level("INFO", logger="modal_fastapi_kit"):
+        runtime = await started(Phased, recorder=heard)
+    assert list(runtime.phase_seconds) == ["load", "to_device", "warmup"]
+    assert runtime.phase_seconds["load"] >= 0.05 and runtime.phase_seconds["warmup"] >= 0.02
+    assert sum(runtime.phase_seconds.values()) <= runtime.load_seconds  # type: ignore[operator]
+    assert heard.phases == list(runtime.phase_seconds.items())
+    (line,) = [r.getMessage() for r in caplog.records if "ready in" in r.getMessage()]
+    assert re.fullmatch(
+        r"Phased ready in \d+\.\ds \(load 0\.\ds, to_device 0\.0s, warmup 0\.0s\)", line
+    ), line
+    later = Loads()  # a recorder given after the load (the colocated container's) hears them too
+    runtime.recorder = later
+    assert later.phases == heard.phases
+    await runtime.stop()
+
+
+async def test_a_hook_run_again_after_a_snapshot_restore_adds_up():
+    runtime = ModelRuntime(service_spec(Phased))
+    await runtime.start(("load",), final=False)
+    await runtime.start(("to_device", "warmup"))
+    first = runtime.phase_seconds["load"]
+    assert list(runtime.phase_seconds) == ["load", "to_device", "warmup"] and first >= 0.05
+    await runtime.stop()

@@ -235,3 +235,21 @@ def test_the_documented_series_are_the_ones_the_registry_has():
     }
     registered = {m.name for m in metrics_registry.collect() if m.name.startswith("mfk_")}
     assert documented == registered
+
+
+@gpu_service(name="metered-load", route="/quadruple")
+class MeteredLoad(MeteredToo):
+    def load(self) -> None:
+        time.sleep(0.05)
+
+
+def test_the_load_phases_are_a_gauge_by_phase():
+    with ThreadedServer(MeteredLoad.asgi_app()) as server:
+        wait_ready(server.url)
+        text = httpx.get(f"{server.url}/metrics").text
+    phases = {
+        labels["phase"]: seconds
+        for labels, seconds in samples(text, "mfk_load_seconds", service="metered-load")
+    }
+    assert list(phases) == ["load", "to_device", "warmup"]
+    assert phases["load"] >= 0.05 and phases["warmup"] >= 0
