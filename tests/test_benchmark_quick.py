@@ -230,3 +230,38 @@ def test_the_import_benchmark_times_the_kit_and_its_client() -> None:
     assert 0 < figures["kit_ms"] < figures["fastapi_modal_ms"]
     assert figures["client_ms"] > 0
     assert figures["client_pulled"] == [] and figures["heavy_imported"] == []
+
+
+def test_the_cold_start_parsers_read_the_import_line_and_the_load_gauge() -> None:
+    from benchmarks.coldstart import parse_gauge, parse_import_line
+
+    log = ["INFO:     Started", "INFO      modal_fastapi_kit: imported examples/e.py in 0.14s"]
+    assert parse_import_line(log) == 0.14
+    assert parse_import_line(["INFO:     Started"]) is None
+    metrics = (
+        "# TYPE mfk_load_seconds gauge\n"
+        'mfk_load_seconds{phase="load",service="embeddings-api"} 2.9\n'
+        'mfk_load_seconds{service="embeddings-api",phase="to_device"} 1.5e-05\n'
+        'mfk_batch_cap{service="embeddings-api"} 32.0\n'
+    )
+    assert parse_gauge(metrics) == {"load": 2.9, "to_device": 1.5e-05}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_the_cold_start_benchmark_splits_each_start_into_phases(tmp_path) -> None:
+    from benchmarks.coldstart import PHASES
+
+    rows = _quick("coldstart", tmp_path, "--rows", "embeddings,container")
+    assert [r["key"] for r in rows] == ["embeddings", "container"]
+    for row in rows:
+        assert row["error"] is None, row
+        (run,) = row["runs"]
+        phases = run["phases"]
+        assert list(phases) == list(PHASES)
+        assert all(phases[p] > 0 for p in ("start", "user_import", "load")), phases
+        assert min(phases.values()) >= 0, phases
+        assert sum(phases.values()) == pytest.approx(run["ready"])  # "other" is what is left
+        assert sum(phases[p] for p in PHASES[:-1]) <= run["ready"]
+    served = rows[0]["runs"][0]
+    assert served["ready"] < served["first_predict"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
 import os
 import signal
@@ -32,6 +33,8 @@ from ._reload import TARGET_ENV
 from ._reload import app as reload_app
 
 __all__ = ["add_parser", "reloaded_app", "run"]
+
+logger = logging.getLogger("modal_fastapi_kit")
 
 LIMIT_ENV = "MFK_SERVE_LIMIT_CONCURRENCY"  # --limit-concurrency, for --reload's fresh processes
 
@@ -125,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
     configure_logging(args.log_level, access=args.access_log, as_json=args.log_format == "json")
     files = raise_open_files_limit()
+    began = time.perf_counter()
     spec = service_spec(load_service(args.target))
+    logger.info("imported %s in %.2fs", args.target, time.perf_counter() - began)
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
