@@ -22,6 +22,7 @@ CHECKED = {
     "recorded": "python -m benchmarks.serving",
     "paired": "python -m benchmarks.paired",
     "noop": "python -m benchmarks.noop",
+    "coldstart": "python -m benchmarks.coldstart",
 }
 
 
@@ -102,6 +103,11 @@ def test_the_side_by_side_command_names_servers_the_benchmark_knows():
 def test_the_no_op_benchmark_s_command_runs_its_help():
     assert block("noop") == "python -m benchmarks.noop"
     assert "noop-mfk" in help_of(block("noop"))
+
+
+def test_the_cold_start_benchmark_s_command_runs_its_help():
+    assert block("coldstart") == "python -m benchmarks.coldstart"
+    assert "--runs" in help_of(block("coldstart"))
 
 
 def help_of(command: str) -> str:
