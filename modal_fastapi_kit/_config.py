@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_RETRY_POLICY",
     "DEFAULT_ROUTE",
     "DEFAULT_SCALEDOWN_WINDOW",
+    "DEFAULT_SERVER_PORT",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WAIT_MS",
     "DEFAULT_WEB_MAX_INPUTS",
@@ -48,6 +50,11 @@ DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_TIMEOUT = 300
 DEFAULT_SCALEDOWN_WINDOW = 120
 DEFAULT_WEB_MAX_INPUTS = 256
+# topology="server": the port the container's HTTP server listens on, the seconds past
+# request_timeout that draining may take on shutdown, and Modal's cap on that grace period.
+DEFAULT_SERVER_PORT = 8000
+SERVER_DRAIN_MARGIN = 5
+MAX_EXIT_GRACE_PERIOD = 3600
 # A stream's chunks: the first within request_timeout unless set, then at most this far apart.
 DEFAULT_CHUNK_TIMEOUT = 30.0
 DEFAULT_API_KEYS_ENV = "MFK_API_KEYS"
@@ -79,8 +86,8 @@ KNOWN_GPUS = (
     "ANY",
 )
 
-Topology = Literal["split", "colocated"]
-TOPOLOGIES: tuple[Topology, ...] = ("split", "colocated")
+Topology = Literal["split", "colocated", "server"]
+TOPOLOGIES: tuple[Topology, ...] = ("split", "colocated", "server")
 
 # Names a user may reach for, from Modal's retired options (keep_warm, ...) and from other
 # serving libraries (batch_size, pip, ...): each gets the kit's own spelling in the error.
@@ -198,6 +205,11 @@ class ServiceConfig:
     custom_domains: tuple[str, ...] = ()
     requires_proxy_auth: bool = False
     web_max_inputs: int = DEFAULT_WEB_MAX_INPUTS
+    # -- Modal Server (topology="server") -------------------------------------------------------
+    port: int = DEFAULT_SERVER_PORT
+    exit_grace_period: int | None = None
+    routing_region: str | None = None
+    sticky_sessions: bool = False
     # -- API keys (see _http/auth.py) --------------------------------------------------------
     auth: Literal["none", "api-key"] = "none"
     api_keys_env: str = DEFAULT_API_KEYS_ENV
@@ -232,6 +244,15 @@ class ServiceConfig:
         if self.retries == "auto":
             return DEFAULT_RETRY_POLICY if self.topology == "split" else 0
         return self.retries
+
+    @property
+    def exit_grace_seconds(self) -> int:
+        """topology="server": how long in-flight requests may run on after Modal stops the
+        container; default ``request_timeout`` plus a margin, so no deadline is cut."""
+        if self.exit_grace_period is not None:
+            return self.exit_grace_period
+        grace = math.ceil(self.request_timeout) + SERVER_DRAIN_MARGIN
+        return min(grace, MAX_EXIT_GRACE_PERIOD)
 
     @property
     def stall_seconds(self) -> float | None:
@@ -345,6 +366,7 @@ def _validate(c: ServiceConfig) -> None:
     _validate_modal_function(c)
     _validate_image(c)
     _validate_web(c)
+    _validate_server(c)
     _validate_auth(c)
 
 
@@ -564,7 +586,7 @@ def _validate_image(c: ServiceConfig) -> None:
 
 
 def _validate_web(c: ServiceConfig) -> None:
-    _check(c.topology in TOPOLOGIES, "topology", c.topology, "'split' or 'colocated'")
+    _check(c.topology in TOPOLOGIES, "topology", c.topology, "'split', 'colocated' or 'server'")
     if c.label is not None:
         _check(
             isinstance(c.label, str) and bool(_NAME_RE.match(c.label)),
@@ -588,6 +610,61 @@ def _validate_web(c: ServiceConfig) -> None:
         "an int >= 1",
     )
     _validate_edge(c)
+
+
+def _validate_server(c: ServiceConfig) -> None:
+    """The Modal Server options, and what a Server cannot do (refused with the fix)."""
+    _check(_is_int(c.port) and 1 <= c.port <= 65535, "port", c.port, "a TCP port from 1 to 65535")
+    if c.exit_grace_period is not None:
+        _check(
+            _is_int(c.exit_grace_period) and 0 <= c.exit_grace_period <= MAX_EXIT_GRACE_PERIOD,
+            "exit_grace_period",
+            c.exit_grace_period,
+            f"seconds from 0 to {MAX_EXIT_GRACE_PERIOD} (Modal's bound)",
+        )
+    if c.routing_region is not None:
+        _check(
+            isinstance(c.routing_region, str) and bool(c.routing_region),
+            "routing_region",
+            c.routing_region,
+            "a Modal routing region such as 'us-east'",
+        )
+    if c.sticky_sessions not in (True, False):
+        raise ConfigError(f"sticky_sessions={c.sticky_sessions!r}: expected a bool")
+    if c.topology == "server":
+        _refuse_on_server(c)
+        return
+    for name, default in (
+        ("port", DEFAULT_SERVER_PORT),
+        ("exit_grace_period", None),
+        ("routing_region", None),
+        ("sticky_sessions", False),
+    ):
+        if getattr(c, name) != default:
+            raise ConfigError(
+                f"{name}={getattr(c, name)!r} applies to topology='server' only (a Modal "
+                f"Server), not topology={c.topology!r}: set topology='server' or drop {name}"
+            )
+
+
+def _refuse_on_server(c: ServiceConfig) -> None:
+    if c.retries not in ("auto", 0):
+        raise ConfigError(
+            f"retries={c.retries!r} with topology='server': a Modal Server takes HTTP requests "
+            "straight to its port and has no retries (nor .remote() calls); set retries=0 (or "
+            "leave it 'auto'), or topology='split' to retry GPU calls"
+        )
+    if c.custom_domains:
+        raise ConfigError(
+            f"custom_domains={list(c.custom_domains)!r} with topology='server': a Modal Server "
+            "takes no custom domains; put an edge in front (requires_proxy_auth=True plus "
+            "`mfk edge`), or use topology='colocated'"
+        )
+    if c.label is not None:
+        raise ConfigError(
+            f"label={c.label!r} with topology='server': Modal names a Server's URL itself (a "
+            "*.modal.direct host); drop label, or use topology='colocated'"
+        )
 
 
 def _validate_edge(c: ServiceConfig) -> None:

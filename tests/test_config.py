@@ -79,7 +79,7 @@ def test_sequences_are_normalised_to_tuples():
         ({"retries": 11}, "retries=11 is invalid"),
         ({"max_containers": 1, "min_containers": 2}, "max_containers=1"),
         ({"max_queue_size": 4, "max_batch_size": 8}, "max_queue_size=4"),
-        ({"topology": "sidecar"}, "'split' or 'colocated'"),
+        ({"topology": "sidecar"}, "'split', 'colocated' or 'server'"),
         ({"volumes": {"weights": "vol"}}, "absolute mount path"),
         ({"python_version": "3.9"}, "python_version='3.9'"),
         ({"target_concurrent_inputs": 100}, "target_concurrent_inputs=100"),

@@ -25,6 +25,12 @@ def create_backend(spec: ServiceSpec, name: BackendName, **options: Any) -> Back
 
         return LocalBackend(spec, **options)
     if name == "modal":
+        if spec.config.topology == "server":
+            raise ConfigError(
+                f"backend='modal' calls the deployed GPU class with .remote(), which a Modal "
+                f"Server (topology='server') does not take: call {spec.name}'s URL over HTTP "
+                f"instead, e.g. {spec.name}.client('https://...modal.direct')"
+            )
         from .modal import ModalBackend
 
         return ModalBackend(spec, **options)

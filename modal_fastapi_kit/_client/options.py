@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -13,6 +14,7 @@ from ..exceptions import ConfigError, ErrorCode, InputError, UpstreamError
 
 __all__ = [
     "DEFAULT_RETRY_FOR",
+    "SESSION_HEADER",
     "TIMEOUT_MARGIN",
     "ClientArgs",
     "ClientOptions",
@@ -20,6 +22,7 @@ __all__ = [
 ]
 
 DEFAULT_RETRY_FOR = 30.0
+SESSION_HEADER = "modal-session-id"  # a Modal Server's affinity hint (topology="server")
 TIMEOUT_MARGIN = 5.0  # over the service's own deadline, so that its 504 arrives first
 
 
@@ -31,7 +34,9 @@ class ClientArgs(TypedDict, total=False):
     allows + 5). ``retry_for``: seconds from the start of a call during which a retry may
     start (0: never; default 30). ``retry_unsafe``: also retry answers and failures after
     which the input may have run (500, 502, 504, a broken connection). ``headers``: sent with
-    every request.
+    every request. ``session_id``: sent as ``Modal-Session-ID``, which a Modal Server's router
+    uses to send one client's requests to the same container when it can; a service with
+    ``sticky_sessions=True`` gets one random id per client unless this is given.
     """
 
     api_key: str | None
@@ -39,6 +44,7 @@ class ClientArgs(TypedDict, total=False):
     retry_for: float
     retry_unsafe: bool
     headers: Mapping[str, str] | None
+    session_id: str | None
 
 
 class Service:
@@ -174,6 +180,16 @@ class ClientOptions:
         headers = {"user-agent": "modal-fastapi-kit-client", **(args.get("headers") or {})}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
+        session_id = args.get("session_id")
+        if session_id is not None and not (isinstance(session_id, str) and session_id.strip()):
+            raise ConfigError(
+                f"{where}(session_id={session_id!r}) must be a non-empty str, or None for "
+                "one random id per client (with sticky_sessions=True)"
+            )
+        if session_id is None and service.spec.config.sticky_sessions:
+            session_id = os.urandom(16).hex()  # one per client: its requests stay together
+        if session_id is not None:
+            headers[SESSION_HEADER] = session_id
         return cls(
             service=service,
             url=url,

@@ -33,19 +33,21 @@ def settings_findings(built: ModalDeployment, where: tuple[str, ...] = ()) -> li
                 where,
             )
         )
-    if config.topology == "colocated" and config.max_concurrent_inputs < config.max_batch_size:
+    serves_itself = config.topology in ("colocated", "server")
+    if serves_itself and config.max_concurrent_inputs < config.max_batch_size:
         found.append(
             Finding(
                 "batch-cannot-fill",
                 "warning",
-                f"topology='colocated' with max_concurrent_inputs={config.max_concurrent_inputs}"
-                f" < max_batch_size={config.max_batch_size}: a container never holds more than "
+                f"topology={config.topology!r} with max_concurrent_inputs="
+                f"{config.max_concurrent_inputs} < max_batch_size={config.max_batch_size}: a "
+                "container never holds more than "
                 f"{config.max_concurrent_inputs} requests, so a batch can never fill",
                 f"raise max_concurrent_inputs to at least {config.max_batch_size}",
                 where,
             )
         )
-    if config.request_timeout > config.timeout:
+    if config.request_timeout > config.timeout and config.topology != "server":
         found.append(
             Finding(
                 "request-timeout-above-timeout",

@@ -24,22 +24,19 @@ NOT_FROM_INFO = "* not reported by Modal's info(): from the config and the image
 
 def describe(built: ModalDeployment) -> Table:
     """The deployment as titled sections of (setting, value) rows."""
-    from .._modal.build import LIBRARY, PREDICT_METHOD, STREAM_METHOD, WEB_METHOD
+    from .._modal.build import PREDICT_METHOD, STREAM_METHOD, WEB_METHOD
 
     config = built.config
+    if built.server is not None:
+        return _describe_server(built)
     split = config.topology == "split"
     gpu_method = (
         WEB_METHOD if not split else STREAM_METHOD if built.spec.streaming else PREDICT_METHOD
     )
+    assert built.gpu_cls is not None
     info = getattr(built.gpu_cls(), gpu_method).info()
 
-    image = [
-        ("python*", built.python_version),
-        ("pip*", ", ".join(built.packages)),
-        ("apt*", ", ".join(config.apt_packages) or "-"),
-        ("env*", ", ".join(sorted(config.env)) or "-"),
-        ("local sources*", ", ".join((LIBRARY, *config.local_sources))),
-    ]
+    image = _image(built)
     gpu_class = [
         ("class", f"{built.server_cls.__name__} (methods: {', '.join(info.method_names or [])})"),
         ("gpu", _gpus(info.gpus)),
@@ -87,6 +84,74 @@ def describe(built: ModalDeployment) -> Table:
 
 _KIT_ROUTES = ("GET /healthz", "GET /readyz", "GET /docs")
 
+# What a Modal Server does not have, beside the other topologies.
+SERVER_LACKS = (
+    "no retries (a failed request is the client's to retry), no .remote() calls, "
+    "no jobs through spawn"
+)
+
+
+def _image(built: ModalDeployment) -> list[Row]:
+    from .._modal.build import LIBRARY
+
+    config = built.config
+    return [
+        ("python*", built.python_version),
+        ("pip*", ", ".join(built.packages)),
+        ("apt*", ", ".join(config.apt_packages) or "-"),
+        ("env*", ", ".join(sorted(config.env)) or "-"),
+        ("local sources*", ", ".join((LIBRARY, *config.local_sources))),
+    ]
+
+
+def _describe_server(built: ModalDeployment) -> Table:
+    """topology="server": the Modal Server, read back through ``Server.info()``."""
+    assert built.server is not None
+    config = built.config
+    info = built.server.info()
+    c = config
+    target = "Modal's default" if c.target_concurrent_inputs is None else c.target_concurrent_inputs
+    server = [
+        ("class", f"{built.server_cls.__name__} (@app.server: enter loads, then serves)"),
+        ("gpu", _gpus(info.gpus)),
+        (
+            "cpu / memory",
+            f"{_or_default(info.cpu, ' cores')} / {_or_default(info.memory_mib, ' MiB')}",
+        ),
+        ("port", str(info.port)),
+        ("startup timeout", f"{info.startup_timeout}s (the load runs before the port opens)"),
+        ("exit grace period", f"{info.exit_grace_period}s (in-flight requests finish)"),
+        (
+            "concurrency*",
+            f"up to {c.max_concurrent_inputs} requests per container (Modal answers 429 above),"
+            f" autoscaler targets {target}",
+        ),
+        ("batching", _batching(built, None)),
+        ("autoscaling*", _autoscaling(built)),
+        ("memory snapshot*", _snapshot(built)),
+        ("volumes", _volumes(info.volumes)),
+        ("secrets*", ", ".join(config.secrets) or "-"),
+        (
+            "region / cloud",
+            f"{', '.join(info.compute_regions or []) or 'any'} / {info.cloud or 'any'}",
+        ),
+    ]
+    web = [
+        ("topology", "server: a Modal Server; Modal routes HTTP straight to the container's port"),
+        ("routing region", info.routing_region or "-"),
+        ("proxy auth", _proxy_auth(info)),
+        ("sticky sessions*", "on (clients send Modal-Session-ID)" if c.sticky_sessions else "off"),
+        ("lacks", SERVER_LACKS),
+        ("URL", f"{built.url_shape}  (modal deploy prints it)"),
+        ("routes", ", ".join([*_api(built).route_paths(built.spec), *_KIT_ROUTES])),
+    ]
+    return [
+        (f"app {built.app.name}", [("image*", "debian slim"), *_image(built)]),
+        ("Modal Server", server),
+        ("web endpoint", web),
+        (NOT_FROM_INFO, []),
+    ]
+
 
 def _api(built: ModalDeployment) -> Api:
     from .._http.router import PREDICT_API
@@ -118,11 +183,11 @@ def _retries(max_retries: int | None, policy: int | RetryPolicy) -> str:
 
 def _batching(built: ModalDeployment, info: Any) -> str:
     config = built.config
-    if info.batching_info is not None:
+    if info is not None and info.batching_info is not None:
         batching = info.batching_info
         return f"@modal.batched: up to {batching.max_batch_size}, wait {batching.wait_ms} ms"
     if config.batched:
-        where = "the web app" if config.topology == "colocated" else "the container"
+        where = "the container" if config.topology == "split" else "the web app"
         why = " (Modal cannot batch generators)" if built.spec.streaming else ""
         return (
             f"modal_fastapi_kit's batcher in {where}{why}: up to {config.max_batch_size}, "

@@ -10,6 +10,8 @@ module, which runs ``app = X.modal_app()`` again, then looks objects up by modul
   them and ``X.router()`` keeps working locally. Their bodies are in ``container``.
 - The split topology's web function is ``getattr(module, "X_web")``: ``deployment`` binds it in
   the user's module under that name.
+- The server topology registers the same class, with only the enter/exit markers, as a Modal
+  Server (``App.server``): see ``server_build``.
 
 Every generated method is ``async``: Modal then runs all of them on the container's one event
 loop, where the runtime's async hooks live (see ``container``).
@@ -30,7 +32,7 @@ from .._core.spec import ServiceSpec, service_spec
 from .._core.wire import PREDICT_METHOD, STREAM_METHOD, Wire
 from .._requirements import canonicalize_name, image_environment, installed_names
 from ..exceptions import ConfigError
-from . import container
+from . import container, server_build, server_container
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -66,6 +68,7 @@ LIBRARY = "modal_fastapi_kit"
 # What the library imports in the container, pinned to the versions installed here
 # (packaging: building the deployment reads the requirements, in the container too).
 RUNTIME_DISTRIBUTIONS = ("fastapi", "pydantic", "prometheus-client", "packaging")
+SERVER_DISTRIBUTIONS = ("uvicorn",)  # topology="server": the container serves HTTP itself
 
 _CACHE_ATTR = "__mfk_modal_deployment__"
 
@@ -77,12 +80,13 @@ class ModalDeployment:
     spec: ServiceSpec
     app: modal.App
     image: modal.Image
-    gpu_cls: modal.Cls
+    gpu_cls: modal.Cls | None  # None for topology="server"
     web_function: modal.Function[..., Any, Any] | None  # split topology only
     web_function_name: str | None
     python_version: str
     packages: tuple[str, ...]
     label: str
+    server: modal.Server | None = None  # topology="server" only
 
     @property
     def server_cls(self) -> type:
@@ -95,6 +99,8 @@ class ModalDeployment:
     @property
     def url_shape(self) -> str:
         """The endpoint URL once deployed; Modal fills in the workspace."""
+        if self.server is not None:  # Modal names a Server's host itself (a *.modal.direct one)
+            return f"https://<host Modal assigns>.modal.direct  ({self.server_cls.__name__})"
         return f"https://<workspace>--{self.label}.modal.run"
 
 
@@ -114,9 +120,15 @@ def deployment(server_cls: type) -> ModalDeployment:
     for name, marker in markers.items():
         setattr(server_cls, name, marker)
     try:
-        gpu_cls = _register_gpu_class(app, image, spec)
+        gpu_cls: modal.Cls | None = None
+        server: modal.Server | None = None
         web_function = None
+        if config.topology == "server":
+            server = server_build.register_server(app, image, spec)
+        else:
+            gpu_cls = _register_gpu_class(app, image, spec)
         if config.topology == "split":
+            assert gpu_cls is not None
             web_function = _register_web_function(app, image, spec, gpu_cls, label)
     except Exception as exc:
         for name in markers:  # leave the class as it was
@@ -136,6 +148,7 @@ def deployment(server_cls: type) -> ModalDeployment:
         python_version=python_version,
         packages=packages,
         label=label,
+        server=server,
     )
     setattr(server_cls, _CACHE_ATTR, built)
     return built
@@ -166,9 +179,10 @@ def image_spec(config: ServiceConfig) -> tuple[str, tuple[str, ...]]:
     """
     python_version = config.python_version or f"{sys.version_info[0]}.{sys.version_info[1]}"
     mine = installed_names(config.packages, image_environment(python_version))
+    runtime = RUNTIME_DISTRIBUTIONS + (SERVER_DISTRIBUTIONS if config.topology == "server" else ())
     pins = tuple(
         f"{dist}=={importlib.metadata.version(dist)}"
-        for dist in RUNTIME_DISTRIBUTIONS
+        for dist in runtime
         if canonicalize_name(dist) not in mine
     )
     return python_version, pins + tuple(config.packages)
@@ -228,11 +242,15 @@ def _check_deployable(spec: ServiceSpec) -> None:
         )
 
 
-def _gpu_class_options(config: ServiceConfig, image: modal.Image) -> dict[str, Any]:
+def _gpu_option(config: ServiceConfig) -> str | list[str] | None:
     gpus = config.gpus
+    return None if not gpus else gpus[0] if len(gpus) == 1 else list(gpus)
+
+
+def _gpu_class_options(config: ServiceConfig, image: modal.Image) -> dict[str, Any]:
     return {
         "image": image,
-        "gpu": None if not gpus else gpus[0] if len(gpus) == 1 else list(gpus),
+        "gpu": _gpu_option(config),
         "cpu": config.cpu,
         "memory": config.memory,
         "timeout": config.timeout,
@@ -311,11 +329,16 @@ def _markers(spec: ServiceSpec, label: str) -> dict[str, Any]:
     async def mfk_enter_snapshot(self: Any) -> None:
         await container.enter_before_snapshot(self)
 
+    serves = config.topology == "server"  # enter loads, then serves on the port; exit drains
+
     async def mfk_enter(self: Any) -> None:
-        await container.enter(self, after_snapshot=snapshot)
+        if serves:
+            await server_container.enter(self, after_snapshot=snapshot)
+        else:
+            await container.enter(self, after_snapshot=snapshot)
 
     async def mfk_exit(self: Any) -> None:
-        await container.exit(self)
+        await (server_container.exit(self) if serves else container.exit(self))
 
     if snapshot:
         markers[SNAPSHOT_METHOD] = modal.enter(snap=True)(
@@ -323,7 +346,9 @@ def _markers(spec: ServiceSpec, label: str) -> dict[str, Any]:
         )
     markers[ENTER_METHOD] = modal.enter()(_named(mfk_enter, server_cls, ENTER_METHOD))
     markers[EXIT_METHOD] = modal.exit()(_named(mfk_exit, server_cls, EXIT_METHOD))
-    if config.topology == "colocated":
+    if config.topology == "server":
+        pass  # a Server takes no Modal methods: HTTP goes straight to its port
+    elif config.topology == "colocated":
         markers[WEB_METHOD] = _web_method(spec, label)
     elif spec.streaming:
         markers[STREAM_METHOD] = _stream_method(spec)
