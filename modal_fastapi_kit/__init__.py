@@ -24,13 +24,17 @@ if TYPE_CHECKING:
     from ._http.router import ServiceRouter as ServiceRouter
     from ._metrics import metrics_registry as metrics_registry
     from ._server import ModelServer as ModelServer
+    from ._weights import HuggingFaceWeights as HuggingFaceWeights
+    from ._weights import LocalWeights as LocalWeights
     from .exceptions import InputError as InputError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "END",
+    "HuggingFaceWeights",
     "InputError",
+    "LocalWeights",
     "ModelServer",
     "OriginLock",
     "RetryPolicy",
@@ -53,6 +57,8 @@ _WHERE = {
     "apply_origin_lock": "._http.origin_lock",
     "ServiceRouter": "._http.router",
     "metrics_registry": "._metrics",
+    "HuggingFaceWeights": "._weights",
+    "LocalWeights": "._weights",
 }
 
 

@@ -13,10 +13,13 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from .exceptions import ConfigError
+
+if TYPE_CHECKING:  # a service's module imports it; the client does not
+    from ._weights import WeightsSource
 
 __all__ = [
     "DEFAULT_CHUNK_TIMEOUT",
@@ -193,6 +196,9 @@ class ServiceConfig:
     region: str | tuple[str, ...] | None = None
     cloud: str | None = None
     enable_memory_snapshot: bool = False
+    enable_gpu_snapshot: bool = False  # Modal's experimental_options={'enable_gpu_snapshot': ...}
+    # What load() reads from self.weights_path; fetched into a Modal Volume before traffic.
+    weights: WeightsSource | None = None
     # -- Modal image --------------------------------------------------------------------------
     python_version: str | None = None
     packages: tuple[str, ...] = ()
@@ -564,6 +570,29 @@ def _validate_modal_function(c: ServiceConfig) -> None:
         )
     if c.enable_memory_snapshot not in (True, False):
         raise ConfigError(f"enable_memory_snapshot={c.enable_memory_snapshot!r}: expected a bool")
+    _validate_weights(c)
+
+
+def _validate_weights(c: ServiceConfig) -> None:
+    if c.enable_gpu_snapshot not in (True, False):
+        raise ConfigError(f"enable_gpu_snapshot={c.enable_gpu_snapshot!r}: expected a bool")
+    if c.enable_gpu_snapshot and not c.enable_memory_snapshot:
+        raise ConfigError(
+            "enable_gpu_snapshot=True snapshots GPU memory on top of a memory snapshot: add "
+            "enable_memory_snapshot=True, or drop enable_gpu_snapshot"
+        )
+    if c.weights is None:
+        return
+    from ._weights import WEIGHTS_SOURCES
+
+    if not isinstance(c.weights, WEIGHTS_SOURCES):
+        hint = (
+            f"weights=HuggingFaceWeights({c.weights!r}, revision='<40-hex commit sha>')"
+            if isinstance(c.weights, str)
+            else "weights=HuggingFaceWeights('owner/name', revision='<40-hex commit sha>') or "
+            "weights=LocalWeights('path/to/dir')"
+        )
+        raise ConfigError(f"weights={c.weights!r} is invalid: expected a weights source, {hint}")
 
 
 def _validate_image(c: ServiceConfig) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import collections.abc
 import typing
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
 from ._core.spec import service_spec
 from ._protocol import RequestT, ResponseT
+from ._weights import WEIGHTS_PATH_ATTR
 from .exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -80,6 +82,30 @@ class ModelServer(Generic[RequestT, ResponseT]):
     def unload(self) -> Awaitable[None] | None:
         """Optional: release resources at shutdown."""
         return None
+
+    @property
+    def weights_path(self) -> Path:
+        """The directory of the weights named by ``@gpu_service(weights=...)``, for ``load()``.
+
+        On Modal: the pinned revision's directory in the weights Volume, fetched before the
+        container started. Here: a ``LocalWeights`` directory itself, or hub weights fetched
+        once into ``~/.cache/modal_fastapi_kit/weights`` (``$MFK_WEIGHTS_CACHE``).
+        """
+        found: Path | None = vars(self).get(WEIGHTS_PATH_ATTR)
+        if found is not None:
+            return found
+        source = service_spec(type(self)).config.weights
+        if source is None:
+            raise ConfigError(
+                f"{type(self).__qualname__}.weights_path: the service declares no weights; add "
+                "@gpu_service(weights=HuggingFaceWeights('owner/name', revision='<commit sha>')) "
+                "or weights=LocalWeights('path/to/dir')"
+            )
+        from ._weights import local_weights_path
+
+        path = local_weights_path(source)
+        setattr(self, WEIGHTS_PATH_ATTR, path)
+        return path
 
     # ``predict`` and ``predict_batch`` are deliberately not defined here: a subclass defines
     # the one it needs, and ``@gpu_service`` checks that at least one exists.

@@ -7,7 +7,14 @@ import dataclasses
 import pytest
 from pydantic import BaseModel
 
-from modal_fastapi_kit import ModelServer, RetryPolicy, ServiceConfig, gpu_service
+from modal_fastapi_kit import (
+    HuggingFaceWeights,
+    LocalWeights,
+    ModelServer,
+    RetryPolicy,
+    ServiceConfig,
+    gpu_service,
+)
 from modal_fastapi_kit._config import DEFAULT_ROUTE
 from modal_fastapi_kit.exceptions import ConfigError
 
@@ -200,3 +207,87 @@ def test_subclass_of_decorated_class_needs_its_own_decorator():
 
 class _Unused(BaseModel):
     pass
+
+
+# -- weights= -----------------------------------------------------------------------------------
+
+_SHA = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
+
+
+def _num_server() -> type:
+    class Num(ModelServer[NumIn, NumOut]):
+        def predict(self, item: NumIn) -> NumOut:
+            raise NotImplementedError
+
+    return Num
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: HuggingFaceWeights("sentence-transformers/all-MiniLM-L6-v2", revision="main"),
+            r"revision='main'\) is not pinned: pass the full 40-character commit sha",
+        ),
+        (
+            lambda: HuggingFaceWeights("owner/model", revision=_SHA[:12]),
+            r"revision='c9745ed1d9f2'\) is not pinned",
+        ),
+        (
+            lambda: HuggingFaceWeights("owner/model", revision=_SHA.upper()),
+            r"is not pinned.*lowercase hex",
+        ),
+        (
+            lambda: HuggingFaceWeights("https://huggingface.co/owner/model", revision=_SHA),
+            r"repo_id='https://huggingface.co/owner/model'\) is not a Hugging Face repo id: "
+            r"write 'owner/name'",
+        ),
+        (lambda: HuggingFaceWeights("owner/a/b", revision=_SHA), r"repo_id='owner/a/b'"),
+        (lambda: HuggingFaceWeights("owner--x/m", revision=_SHA), r"repo_id='owner--x/m'"),
+        (
+            lambda: HuggingFaceWeights("owner/model", revision=_SHA, allow_patterns="*.json"),
+            r"allow_patterns='\*.json'\) is a string; pass a list of glob patterns: "
+            r"allow_patterns=\['\*.json'\]",
+        ),
+        (
+            lambda: HuggingFaceWeights("owner/model", revision=_SHA, ignore_patterns=["*.bin", 3]),
+            r"ignore_patterns=\['\*.bin', 3\]\) is invalid: expected a list of non-empty glob",
+        ),
+        (
+            lambda: HuggingFaceWeights("owner/model", revision=_SHA, volume="no spaces"),
+            r"volume='no spaces'\) is invalid: expected the name of a Modal Volume",
+        ),
+        (
+            lambda: LocalWeights("/no/such/weights/dir"),
+            r"directory='/no/such/weights/dir'\) is not a directory on this machine",
+        ),
+    ],
+)
+def test_weights_sources_are_validated_when_written(build, message):
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_local_weights_refuse_an_empty_directory(tmp_path):
+    with pytest.raises(ConfigError, match=r"holds no files"):
+        LocalWeights(tmp_path)
+
+
+def test_weights_option_takes_a_source_and_says_how_to_write_one():
+    with pytest.raises(
+        ConfigError, match=r"weights='owner/model' is invalid.*HuggingFaceWeights\("
+    ):
+        gpu_service(weights="owner/model")(_num_server())
+
+
+def test_weights_are_recorded_with_patterns_as_tuples():
+    source = HuggingFaceWeights("owner/model", revision=_SHA, allow_patterns=["*.json"])
+    config = gpu_service(weights=source)(_num_server()).service_config()
+    assert config.weights is source and source.allow_patterns == ("*.json",)
+
+
+def test_gpu_snapshot_needs_a_memory_snapshot():
+    with pytest.raises(ConfigError, match=r"add enable_memory_snapshot=True"):
+        gpu_service(enable_gpu_snapshot=True)(_num_server())
+    with pytest.raises(ConfigError, match=r"enable_gpu_snapshot='yes': expected a bool"):
+        gpu_service(enable_gpu_snapshot="yes")(_num_server())

@@ -51,6 +51,7 @@ def describe(built: ModalDeployment) -> Table:
         ("autoscaling*", _autoscaling(built)),
         ("memory snapshot*", _snapshot(built)),
         ("volumes", _volumes(info.volumes)),
+        ("weights*", _weights(built)),
         ("secrets*", ", ".join(config.secrets) or "-"),
         ("region / cloud", f"{', '.join(info.regions or []) or 'any'} / {info.cloud or 'any'}"),
     ]
@@ -130,6 +131,7 @@ def _describe_server(built: ModalDeployment) -> Table:
         ("autoscaling*", _autoscaling(built)),
         ("memory snapshot*", _snapshot(built)),
         ("volumes", _volumes(info.volumes)),
+        ("weights*", _weights(built)),
         ("secrets*", ", ".join(config.secrets) or "-"),
         (
             "region / cloud",
@@ -214,6 +216,23 @@ def _snapshot(built: ModalDeployment) -> str:
     if not built.config.enable_memory_snapshot:
         return "off"
     return "on: load() before the snapshot, to_device() and warmup() after each restore"
+
+
+def _weights(built: ModalDeployment) -> str:
+    """The declared weights: source, pinned revision, where they land, who fetches them."""
+    from pathlib import PurePosixPath
+
+    from .._modal.weights import WEIGHTS_MOUNT
+    from .._weights import target_dir
+
+    source = built.config.weights
+    if source is None:
+        return "-"
+    where = target_dir(source, PurePosixPath(WEIGHTS_MOUNT))  # type: ignore[arg-type]
+    return (
+        f"{source.describe()} -> {where} on Volume {source.volume}; fetched by "
+        f"{built.fetch_function_name} (`mfk deploy` runs it before reporting the endpoint)"
+    )
 
 
 def _volumes(mounts: dict[str, Any]) -> str:

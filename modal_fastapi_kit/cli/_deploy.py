@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     urls = _run_streaming(command)
     if urls is None:
         return 1
+    if built.fetch_function_name is not None and not _fetch_weights(built, args.env, path):
+        return 1
     _next_steps(built, urls)
     return 0
 
@@ -107,6 +109,29 @@ def _checks_pass(server_cls: type, target: str) -> bool:
         file=sys.stderr,
     )
     return False
+
+
+def _fetch_weights(built: Any, env: str | None, path: str) -> bool:
+    """Run the deployed weights fetch function once (it returns at once when the pinned
+    revision is already in the Volume); False, with what to do, if it fails."""
+    import modal
+
+    source, name = built.config.weights, built.fetch_function_name
+    print(f"\nFetching weights {source.describe()} into Volume {source.volume!r} ...", flush=True)
+    try:
+        fetch = modal.Function.from_name(built.app.name, name, environment_name=env)
+        result = fetch.remote()
+    except Exception as exc:
+        print(
+            f"error: the weights fetch failed ({type(exc).__name__}: {exc}). The app is deployed; "
+            f"its first container fetches hub weights itself. Retry with "
+            f"`modal run {path}::{name}`.",
+            file=sys.stderr,
+        )
+        return False
+    state = "fetched" if result.get("fetched") else "already in the Volume, nothing fetched"
+    print(f"Weights ready at {result.get('path')} ({state}).")
+    return True
 
 
 def _run_streaming(command: list[str]) -> list[str] | None:
