@@ -40,17 +40,16 @@ def startup_seconds(config: ServiceConfig) -> int:
     return config.startup_timeout if config.startup_timeout is not None else config.timeout
 
 
-def server_options(config: ServiceConfig, image: modal.Image) -> dict[str, Any]:
-    """The keyword arguments of ``App.server`` for ``config``."""
-    from .build import _gpu_option, _region, _secrets, _volumes
-
+def server_options(
+    config: ServiceConfig, image: modal.Image, shared: dict[str, Any]
+) -> dict[str, Any]:
+    """The keyword arguments of ``App.server`` for ``config``; ``shared``: the options it
+    takes as the GPU class does (``gpu``, ``secrets``, ``volumes``, ``compute_region``)."""
     return {
+        **shared,
         "image": image,
-        "gpu": _gpu_option(config),
         "cpu": config.cpu,
         "memory": config.memory,
-        "secrets": _secrets(config, checks_keys=True),
-        "volumes": _volumes(config),
         "port": config.port,
         "max_concurrency": config.max_concurrent_inputs,
         "target_concurrency": config.target_concurrent_inputs,
@@ -61,13 +60,14 @@ def server_options(config: ServiceConfig, image: modal.Image) -> dict[str, Any]:
         "startup_timeout": startup_seconds(config),
         "exit_grace_period": config.exit_grace_seconds,
         "routing_region": config.routing_region or DEFAULT_ROUTING_REGION,
-        "compute_region": _region(config),
         "cloud": config.cloud,
         "unauthenticated": not config.requires_proxy_auth,
         "enable_memory_snapshot": config.enable_memory_snapshot,
     }
 
 
-def register_server(app: modal.App, image: modal.Image, spec: ServiceSpec) -> modal.Server:
+def register_server(
+    app: modal.App, image: modal.Image, spec: ServiceSpec, shared: dict[str, Any]
+) -> modal.Server:
     """Register the user's class, already carrying its markers, as a Modal Server."""
-    return app.server(**server_options(spec.config, image))(spec.server_cls)
+    return app.server(**server_options(spec.config, image, shared))(spec.server_cls)
