@@ -33,6 +33,7 @@ from .._core.wire import PREDICT_METHOD, STREAM_METHOD, Wire
 from .._requirements import canonicalize_name, image_environment, installed_names
 from ..exceptions import ConfigError
 from . import container, server_build, server_container
+from . import weights as weights_step
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -87,6 +88,8 @@ class ModalDeployment:
     packages: tuple[str, ...]
     label: str
     server: modal.Server | None = None  # topology="server" only
+    fetch_function: modal.Function[..., Any, Any] | None = None  # with weights= only
+    fetch_function_name: str | None = None
 
     @property
     def server_cls(self) -> type:
@@ -136,6 +139,7 @@ def deployment(server_cls: type) -> ModalDeployment:
         if config.topology == "split":
             assert gpu_cls is not None
             web_function = _register_web_function(app, image, spec, gpu_cls, label)
+        fetch_function = _register_fetch_function(app, image, spec, python_version, packages)
     except Exception as exc:
         for name in markers:  # leave the class as it was
             delattr(server_cls, name)
@@ -155,6 +159,10 @@ def deployment(server_cls: type) -> ModalDeployment:
         packages=packages,
         label=label,
         server=server,
+        fetch_function=fetch_function,
+        fetch_function_name=(
+            weights_step.fetch_function_name(server_cls) if fetch_function is not None else None
+        ),
     )
     setattr(server_cls, _CACHE_ATTR, built)
     return built
@@ -206,6 +214,7 @@ def build_image(
     env = dict(config.env)
     if config.hf_cache_volume is not None:
         env.setdefault("HF_HOME", HF_CACHE_PATH)
+    env.update(weights_step.weights_env(config))
     if env:
         image = image.env(env)
     return image.add_local_python_source(LIBRARY, *config.local_sources)
@@ -240,6 +249,10 @@ def _check_deployable(spec: ServiceSpec) -> None:
             f"{server_cls.__module__} already defines {web_name!r}; modal_fastapi_kit binds the "
             f"web function of {server_cls.__name__} to that name: rename yours"
         )
+    mounted = dict.fromkeys(config.volumes)
+    if config.hf_cache_volume is not None:
+        mounted[HF_CACHE_PATH] = None
+    weights_step.check_weights_deployable(spec, mounted)
     if config.topology == "colocated" and config.retry_policy:
         raise ConfigError(
             f"retries={config.retries!r} with topology='colocated': the GPU class then serves "
@@ -272,6 +285,10 @@ def _gpu_class_options(config: ServiceConfig, image: modal.Image) -> dict[str, A
         "region": _region(config),
         "cloud": config.cloud,
         "enable_memory_snapshot": config.enable_memory_snapshot,
+        # GPU memory snapshots: an experimental Modal option, passed through as Modal documents.
+        "experimental_options": {"enable_gpu_snapshot": True}
+        if config.enable_gpu_snapshot
+        else None,
     }
 
 
@@ -319,6 +336,7 @@ def _volumes(config: ServiceConfig) -> dict[str | Any, Any]:
         volumes[HF_CACHE_PATH] = modal.Volume.from_name(
             config.hf_cache_volume, create_if_missing=True
         )
+    volumes.update(weights_step.weights_mounts(config))
     return volumes
 
 
@@ -333,11 +351,14 @@ def _markers(spec: ServiceSpec, label: str) -> dict[str, Any]:
     markers: dict[str, Any] = {}
 
     async def mfk_enter_snapshot(self: Any) -> None:
+        await weights_step.prepare(self)  # weights_path, before load()
         await container.enter_before_snapshot(self)
 
     serves = config.topology == "server"  # enter loads, then serves on the port; exit drains
 
     async def mfk_enter(self: Any) -> None:
+        if not snapshot:
+            await weights_step.prepare(self)  # weights_path, before load()
         if serves:
             await server_container.enter(self, after_snapshot=snapshot)
         else:
@@ -409,6 +430,28 @@ def _web_method(spec: ServiceSpec, label: str) -> Any:
         custom_domains=list(config.custom_domains) or None,
         requires_proxy_auth=config.requires_proxy_auth,
     )(_named(mfk_web, spec.server_cls, WEB_METHOD))
+
+
+def _register_fetch_function(
+    app: modal.App,
+    image: modal.Image,
+    spec: ServiceSpec,
+    python_version: str,
+    packages: tuple[str, ...],
+) -> modal.Function[..., Any, Any] | None:
+    """The weights fetch function (see ``weights``), when the service declares weights."""
+    config = spec.config
+    if config.weights is None:
+        return None
+    fetch_packages = weights_step.fetch_packages(config, packages)
+    if fetch_packages != packages:
+        image = build_image(config, python_version, fetch_packages)
+    return weights_step.register_fetch_function(
+        app,
+        spec,
+        weights_step.fetch_image(image, config),
+        _secrets(config, checks_keys=False),
+    )
 
 
 # -- web function (split topology) ----------------------------------------------------------
