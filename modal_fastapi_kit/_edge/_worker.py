@@ -44,7 +44,9 @@ export default {{
     const headers = new Headers();
     for (const [name, value] of request.headers) {{
       const lower = name.toLowerCase();
-      if (DROPPED.has(lower) || lower.startsWith("x-forwarded-") || lower.startsWith("modal-")) {{
+      // Modal-* is the edge's to set, except the client's sticky-routing hint (Modal Servers)
+      const modal = lower.startsWith("modal-") && lower !== "modal-session-id";
+      if (DROPPED.has(lower) || lower.startsWith("x-forwarded-") || modal) {{
         continue;
       }}
       headers.set(name, value);

@@ -171,6 +171,7 @@ def test_worker_fetch_handler_under_node(tmp_path: Path, tokens: None) -> None:
     assert sent["redirect"] == "manual"
     assert sent["headers"] == {
         "accept": "text/plain",
+        "modal-session-id": "s-42",  # the client's sticky-routing hint passes
         "modal-key": "wk-key",
         "modal-secret": "ws-secret",
         "x-mfk-edge-secret": "edge",

@@ -219,6 +219,7 @@ def test_spoofed_headers_do_not_get_through(setup: Setup, edge: tuple[str, int])
         "x-forwarded-for": "203.0.113.66",
         "x-real-ip": "203.0.113.66",
         "forwarded": "for=203.0.113.66;host=evil.example",
+        "modal-session-id": "s-42",  # not spoofing: a client's sticky-routing hint
     }
     response = _get(setup, port, "/whoami", headers=spoofed)
     # 200 means the ingress saw exactly one, correct, Modal-Key/-Secret and the app one edge
@@ -232,6 +233,7 @@ def test_spoofed_headers_do_not_get_through(setup: Setup, edge: tuple[str, int])
     assert "x-mfk-edge-secret" not in seen  # the lock drops it before the app
     assert "forwarded" not in seen and "x-real-ip" not in seen
     assert seen["x-forwarded-proto"] == "https"
+    assert seen["modal-session-id"] == "s-42"  # Modal Servers route on it
 
 
 def test_streamed_response_arrives_in_pieces(setup: Setup, edge: tuple[str, int]) -> None:

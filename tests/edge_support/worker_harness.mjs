@@ -75,6 +75,7 @@ const results = [
       "x-forwarded-host": "evil.example", "x-forwarded-proto": "http",
       "x-forwarded-for": "203.0.113.66", "forwarded": "for=203.0.113.66",
       "x-real-ip": "203.0.113.66", "cf-connecting-ip": "198.51.100.7", "accept": "text/plain",
+      "modal-session-id": "s-42",
     },
   })),
   await run("post", new Request("https://api.example.com/embed", {
