@@ -3,6 +3,7 @@ deploy output helpers in-process (no deploy is ever started)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -283,3 +284,25 @@ def test_next_steps_name_the_url_and_the_custom_domain_routes(capsys):
     out = capsys.readouterr().out
     assert "Endpoint: https://<workspace>--colocated.modal.run" in out
     assert "point api.example.com at Modal" in out
+
+
+def test_check_shows_a_modal_server_and_what_it_lacks(tmp_path):
+    path = service_file(
+        tmp_path,
+        'name="svc", topology="server", gpu="L4", max_batch_size=8, max_concurrent_inputs=32, '
+        'max_containers=2, sticky_sessions=True, routing_region="us-west", retries=0',
+    )
+    done = mfk("check", str(path))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Modal Server" in out and "(@app.server: enter loads, then serves)" in out
+    assert "gpu                L4" in out
+    assert "port               8000" in out
+    assert "up to 32 requests per container (Modal answers 429 above)" in out
+    assert "topology           server: a Modal Server" in out
+    assert "routing region     us-west" in out
+    assert "sticky sessions*   on (clients send Modal-Session-ID)" in out
+    assert "no retries" in out and "no .remote() calls" in out and "no jobs through spawn" in out
+    assert ".modal.direct" in out
+    report = json.loads(mfk("check", "--json", str(path)).stdout)
+    assert report["counts"]["error"] == 0
