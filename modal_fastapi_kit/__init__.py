@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from ._config import ServiceConfig as ServiceConfig
     from ._core.streams import END as END
     from ._decorator import gpu_service as gpu_service
+    from ._file import File as File
+    from ._file import FileLimits as FileLimits
     from ._http.origin_lock import OriginLock as OriginLock
     from ._http.origin_lock import apply_origin_lock as apply_origin_lock
     from ._http.router import ServiceRouter as ServiceRouter
@@ -32,6 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "END",
+    "File",
+    "FileLimits",
     "HuggingFaceWeights",
     "InputError",
     "LocalWeights",
@@ -48,6 +52,8 @@ __all__ = [
 # name -> the module that defines it, imported on first access
 _WHERE = {
     "END": "._core.streams",
+    "File": "._file",
+    "FileLimits": "._file",
     "InputError": ".exceptions",
     "ModelServer": "._server",
     "RetryPolicy": "._config",

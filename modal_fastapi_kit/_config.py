@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # a service's module imports it; the client does not
 
 __all__ = [
     "DEFAULT_CHUNK_TIMEOUT",
+    "DEFAULT_FILE_MAX_BODY_BYTES",
     "DEFAULT_MAX_BATCH_SIZE",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_CONCURRENT_INPUTS",
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_SCALEDOWN_WINDOW",
     "DEFAULT_SERVER_PORT",
     "DEFAULT_TIMEOUT",
+    "DEFAULT_UPLOAD_TIMEOUT",
     "DEFAULT_WAIT_MS",
     "DEFAULT_WEB_MAX_INPUTS",
     "KNOWN_GPUS",
@@ -47,6 +49,11 @@ DEFAULT_WAIT_MS = 5.0
 DEFAULT_MAX_CONCURRENT_INPUTS = 64
 DEFAULT_MAX_QUEUE_SIZE = 1024
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# A service whose request model has a File field takes bodies up to this by default: a photo,
+# a few minutes of audio, a document. Larger inputs belong on a Volume or in a bucket.
+DEFAULT_FILE_MAX_BODY_BYTES = 64 * 1024 * 1024
+# How long a request's body may take to arrive (a slow upload is cut with a 408).
+DEFAULT_UPLOAD_TIMEOUT = 60.0
 # Modal cuts web requests at 150 s; a deadline below that answers 504 before the client
 # gets Modal's 303 redirect.
 DEFAULT_REQUEST_TIMEOUT = 60.0
@@ -110,6 +117,7 @@ RENAMED_OPTIONS = {
 
 # An app name and a web label: what Modal accepts in a modal.run host name.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 _HOST_RE = re.compile(
     r"^(\*\.)?(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", re.IGNORECASE
 )
@@ -175,6 +183,9 @@ class ServiceConfig:
     load_retries: int = 0
     # -- limits and deadlines ---------------------------------------------------------------
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT
+    # File URLs (FileLimits(urls=True)) may point at loopback, private or link-local addresses.
+    allow_private_urls: bool = False
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     stall_timeout: float | Literal["auto"] | None = "auto"
     first_chunk_timeout: float | None = None
@@ -221,6 +232,9 @@ class ServiceConfig:
     api_keys_env: str = DEFAULT_API_KEYS_ENV
     api_keys_secret: str | None = None
     auth_readyz: bool = False
+    # -- browsers: CORS for pages on other origins (the apps the kit builds) ------------------
+    cors_origins: tuple[str, ...] = ()
+    cors_credentials: bool = False
     # -- observability ------------------------------------------------------------------------
     metrics: bool = True
     auth_metrics: bool = True
@@ -307,6 +321,7 @@ _TUPLE_FIELDS = {
     "local_sources",
     "custom_domains",
     "public_hosts",
+    "cors_origins",
 }
 
 
@@ -368,12 +383,48 @@ def _validate(c: ServiceConfig) -> None:
         f"seconds in (0, {MODAL_WEB_TIMEOUT:g}]; Modal cuts web requests at 150 s, "
         "so longer work belongs in a spawned job",
     )
+    _validate_uploads(c)
     _validate_stall_and_streams(c)
     _validate_modal_function(c)
     _validate_image(c)
     _validate_web(c)
     _validate_server(c)
     _validate_auth(c)
+
+
+def _validate_uploads(c: ServiceConfig) -> None:
+    _check(
+        _is_number(c.upload_timeout) and c.upload_timeout > 0,
+        "upload_timeout",
+        c.upload_timeout,
+        "seconds > 0 a request's body may take to arrive, e.g. 60",
+    )
+    _check(
+        isinstance(c.allow_private_urls, bool),
+        "allow_private_urls",
+        c.allow_private_urls,
+        "True or False",
+    )
+    for origin in c.cors_origins:
+        _check(
+            isinstance(origin, str) and bool(_ORIGIN_RE.match(origin)),
+            "cors_origins",
+            c.cors_origins,
+            "exact origins like 'https://app.example.com' (scheme, host, optional port; no "
+            "path, no '*')",
+        )
+    _check(
+        isinstance(c.cors_credentials, bool),
+        "cors_credentials",
+        c.cors_credentials,
+        "True or False",
+    )
+    _check(
+        not c.cors_credentials or bool(c.cors_origins),
+        "cors_credentials",
+        c.cors_credentials,
+        "False unless cors_origins lists the origins that may send credentials",
+    )
 
 
 def _validate_auth(c: ServiceConfig) -> None:

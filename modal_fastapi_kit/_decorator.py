@@ -10,8 +10,9 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ._config import ServiceConfig, check_option_names
+from ._config import DEFAULT_FILE_MAX_BODY_BYTES, ServiceConfig, check_option_names
 from ._core.spec import API_ATTR, SPEC_ATTR, PredictHook, ServiceSpec
+from ._file import file_fields
 from ._server import ModelServer, io_models
 from .exceptions import ConfigError
 
@@ -45,9 +46,13 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
                 f"@gpu_service decorates a ModelServer subclass, not {cls!r}; write "
                 "'class MyModel(ModelServer[RequestModel, ResponseModel]): ...'"
             )
-        config = ServiceConfig.from_options({"name": _kebab(cls.__name__), **options})
-        check_predict(cls, config)
         request_model, response_model = io_models(cls)
+        files = file_fields(request_model)
+        defaults: dict[str, Any] = {"name": _kebab(cls.__name__)}
+        if files:  # a file service takes larger bodies unless told otherwise
+            defaults["max_body_bytes"] = DEFAULT_FILE_MAX_BODY_BYTES
+        config = ServiceConfig.from_options({**defaults, **options})
+        check_predict(cls, config)
         spec = ServiceSpec(
             server_cls=cls,
             config=config,
@@ -55,6 +60,7 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
             response_model=response_model,
             predict=PredictHook.of(cls),
             api=getattr(cls, API_ATTR, None),
+            files=files,
         )
         setattr(cls, SPEC_ATTR, spec)
         cls.request_model = request_model

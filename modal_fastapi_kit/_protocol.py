@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from ._file import File
 from .exceptions import ErrorCode
 
 __all__ = [
@@ -29,7 +30,8 @@ EDGE_SECRET_HEADER = "x-mfk-edge-secret"
 MIN_SECRET_LENGTH = 32
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
-ResponseT = TypeVar("ResponseT", bound=BaseModel)
+# A service answers a response model, or a file (``ModelServer[In, File]``).
+ResponseT = TypeVar("ResponseT", bound=BaseModel | File)
 
 
 class ErrorBody(BaseModel):

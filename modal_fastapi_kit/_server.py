@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from ._core.spec import service_spec
+from ._file import File, FileAnswer
 from ._protocol import RequestT, ResponseT
 from ._weights import WEIGHTS_PATH_ATTR
 from .exceptions import ConfigError
@@ -181,7 +182,8 @@ def io_models(cls: type) -> tuple[type[BaseModel], type[BaseModel]]:
     """Find the request and response models of a ModelServer subclass.
 
     They come from the type parameters (``ModelServer[In, Out]`` on the class or a base),
-    else from the annotations of ``predict`` / ``predict_batch``.
+    else from the annotations of ``predict`` / ``predict_batch``. A service that answers a
+    file (``ModelServer[In, File]``) has ``FileAnswer`` as its response model.
     """
     found = _models_from_parameters(cls) or _models_from_annotations(cls)
     if found is None:
@@ -190,11 +192,15 @@ def io_models(cls: type) -> tuple[type[BaseModel], type[BaseModel]]:
             f"ModelServer[RequestModel, ResponseModel] with two pydantic BaseModel classes, "
             f"e.g. 'class {cls.__name__}(ModelServer[EmbedIn, EmbedOut])'"
         )
+    if typing.cast(Any, found[1]) is File:
+        found = (found[0], FileAnswer)
     for role, model in zip(("request", "response"), found, strict=True):
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise ConfigError(
                 f"{cls.__qualname__}: the {role} model {model!r} is not a pydantic BaseModel "
-                "subclass; define it as 'class X(BaseModel): ...'"
+                "subclass"
+                + (" (or File, for a service that answers a file)" if role == "response" else "")
+                + "; define it as 'class X(BaseModel): ...'"
             )
     return found
 
@@ -259,6 +265,8 @@ def _list_item(annotation: Any) -> Any:
 def _model_member(annotation: Any) -> Any:
     """``Out | None`` (a batched stream's slot) -> ``Out``: the one BaseModel in a union."""
     members = [
-        a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)
+        a
+        for a in typing.get_args(annotation)
+        if isinstance(a, type) and (issubclass(a, BaseModel) or a is File)
     ]
     return members[0] if len(members) == 1 else annotation

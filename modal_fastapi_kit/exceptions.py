@@ -55,6 +55,11 @@ class ErrorCode(str, enum.Enum):
     VALIDATION_FAILED = "validation_failed"
     UNREADABLE_BODY = "unreadable_body"
     BODY_TOO_LARGE = "body_too_large"
+    FILE_TOO_LARGE = "file_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    MALFORMED_UPLOAD = "malformed_upload"
+    UPLOAD_TIMEOUT = "upload_timeout"
+    FETCH_FAILED = "fetch_failed"
     REFUSED = "refused"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -263,6 +268,30 @@ ERROR_CODES: Mapping[ErrorCode, CodeInfo] = MappingProxyType(
         ),
         ErrorCode.BODY_TOO_LARGE: CodeInfo(
             413, InputError, Retry.NEVER, "the body is over max_body_bytes"
+        ),
+        ErrorCode.FILE_TOO_LARGE: CodeInfo(
+            413, InputError, Retry.NEVER, "a file is over its field's max_bytes"
+        ),
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE: CodeInfo(
+            415,
+            InputError,
+            Retry.NEVER,
+            "the body's (or a file's) content type is not one the route accepts",
+        ),
+        ErrorCode.MALFORMED_UPLOAD: CodeInfo(
+            400,
+            InputError,
+            Retry.NEVER,
+            "a multipart body is broken, has no boundary, or too many parts or fields",
+        ),
+        ErrorCode.UPLOAD_TIMEOUT: CodeInfo(
+            408, InputError, Retry.NEVER, "the body did not arrive within upload_timeout"
+        ),
+        ErrorCode.FETCH_FAILED: CodeInfo(
+            422,
+            InputError,
+            Retry.NEVER,
+            "a file URL was refused (scheme, private address) or could not be downloaded",
         ),
         ErrorCode.REFUSED: CodeInfo(
             None, InputError, Retry.NEVER, "a dependency of the route refused the request (its 4xx)"

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from .._config import ServiceConfig
+from .._file import FileAnswer, FileField
 from ..exceptions import ConfigError
 
 __all__ = [
@@ -95,6 +96,27 @@ class ServiceSpec:
     response_model: type[BaseModel]
     predict: PredictHook
     api: Api | None = None  # None: the kit's predict route
+    files: tuple[FileField, ...] = ()  # the request model's File fields
+
+    @property
+    def answers_file(self) -> bool:
+        """Whether the service answers a file (``ModelServer[In, File]``): its response
+        model is ``FileAnswer`` and the route answers the file's bytes."""
+        return issubclass(self.response_model, FileAnswer)
+
+    @property
+    def raw_file(self) -> FileField | None:
+        """The one File field a raw body (``curl --data-binary``) fills: set when the request
+        model's only required field is a single File."""
+        singles = [f for f in self.files if not f.many]
+        others = [
+            name
+            for name, info in self.request_model.model_fields.items()
+            if info.is_required() and (info.alias or name) not in {f.name for f in self.files}
+        ]
+        if len(self.files) == 1 and len(singles) == 1 and not others:
+            return singles[0]
+        return None
 
     @property
     def name(self) -> str:
