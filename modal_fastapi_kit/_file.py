@@ -167,6 +167,7 @@ class File:
         "filename",
         "size",
         "url",
+        "url_limits",
     )
 
     content_type: str
@@ -194,6 +195,7 @@ class File:
         self.filename = filename
         self.size = len(self._data)
         self.url = None
+        self.url_limits: FileLimits | None = None
 
     # -- other ways to make one ------------------------------------------------------------
 
@@ -265,10 +267,12 @@ class File:
         return cls(data, content_type=content_type)
 
     @classmethod
-    def pending(cls, url: str) -> File:
-        """A file still at ``url``: the HTTP side downloads it (``resolve``) before predict."""
+    def pending(cls, url: str, limits: FileLimits) -> File:
+        """A file still at ``url``, to be fetched within ``limits``: the HTTP side downloads
+        it (``resolve``) before predict runs."""
         file = cls._blank(DEFAULT_CONTENT_TYPE, url.rsplit("/", 1)[-1].split("?")[0] or None)
         file.url = url
+        file.url_limits = limits
         return file
 
     @classmethod
@@ -282,6 +286,7 @@ class File:
         file.filename = filename
         file.size = 0
         file.url = None
+        file.url_limits = None
         return file
 
     def resolve(self, fetched: File) -> None:
@@ -292,6 +297,7 @@ class File:
         self.content_type = fetched.content_type
         self.filename = fetched.filename or self.filename
         self.url = None
+        self.url_limits = None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -563,7 +569,7 @@ def _from_string(
                 "this field does not take URLs: send the file as a multipart part, the raw "
                 "body or a data: URI (or declare the field FileLimits(urls=True))",
             )
-        return File.pending(value)
+        return File.pending(value, limits)
     raise PydanticCustomError(
         "file_data_uri",
         "a file in JSON is a data: URI (data:<type>;base64,<data>)"
