@@ -15,11 +15,14 @@ from fastapi.responses import PlainTextResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.types import ASGIApp
 
 from ._backends import Backend, BackendName, create_backend
 from ._core.spec import ServiceSpec
 from ._http.auth import ApiKeys, key_dependency
+from ._http.cors import cors_middleware
 from ._http.errors import error_response, request_id
 from ._http.front import install_front
 from ._http.origin_lock import apply_origin_lock
@@ -28,7 +31,7 @@ from ._http.router import ServiceRouter, build_router
 from ._metrics import metrics_registry
 from .exceptions import ErrorCode, InputError, ServingError
 
-__all__ = ["opentelemetry_configured", "service_app", "service_router"]
+__all__ = ["ServiceApp", "opentelemetry_configured", "service_app", "service_router"]
 
 
 def service_router(
@@ -44,9 +47,10 @@ def service_router(
 def service_app(spec: ServiceSpec, router: ServiceRouter) -> FastAPI:
     """A FastAPI app serving ``router`` at the root, with ``/docs``, ``/metrics`` (unless
     ``metrics=False``; behind the API keys when auth is on, unless ``auth_metrics=False``) and
-    the origin lock."""
+    the origin lock; with ``cors_origins``, CORS outside all of it (see ``_http/cors.py``)."""
     config = spec.config
-    app = FastAPI(
+    app = ServiceApp(
+        outermost=cors_middleware(config),
         title=config.name,
         summary=(spec.server_cls.__doc__ or "").strip(),
         telemetry=None if opentelemetry_configured() else _NO_TELEMETRY,
@@ -72,6 +76,24 @@ def service_app(spec: ServiceSpec, router: ServiceRouter) -> FastAPI:
         )
     apply_origin_lock(app, config)
     return app
+
+
+class ServiceApp(FastAPI):
+    """The FastAPI app ``service_app`` builds. ``outermost`` (the service's CORS, if any)
+    wraps the whole stack, Starlette's error middleware and any middleware added later
+    (``mfk serve --limit-concurrency``'s) included, so every answer passes through it."""
+
+    def __init__(self, *, outermost: Middleware | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.outermost = outermost
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        if self.outermost is None:
+            return app
+        cls, args, kwargs = self.outermost
+        wrapped: ASGIApp = cls(app, *args, **kwargs)
+        return wrapped
 
 
 # FastAPI asks OpenTelemetry on every request whether it is configured; with nothing to

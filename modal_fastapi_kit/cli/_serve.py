@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from starlette.types import ASGIApp
+from fastapi import FastAPI
 
 from .._assembly import service_app, service_router
 from .._backends import Backend, LoadState
@@ -161,12 +161,16 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _limited(app: ASGIApp, limit: int | None) -> ASGIApp:
-    """``app`` answering at most ``limit`` requests at once (``None``: no limit)."""
-    return app if limit is None else ConcurrencyLimit(app, limit)
+def _limited(app: FastAPI, limit: int | None) -> FastAPI:
+    """``app`` answering at most ``limit`` requests at once (``None``: no limit): the limit is
+    its outermost middleware, inside only the service's CORS (``ServiceApp``), so a preflight
+    is not counted and a page can read the 503."""
+    if limit is not None:
+        app.add_middleware(ConcurrencyLimit, limit=limit)
+    return app
 
 
-def reloaded_app() -> ASGIApp:
+def reloaded_app() -> FastAPI:
     """The app of each process that ``--reload`` starts: ``_reload.app`` under the limit
     that ``mfk serve`` put in the environment."""
     limit = os.environ.get(LIMIT_ENV)
