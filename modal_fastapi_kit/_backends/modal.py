@@ -4,8 +4,9 @@ Inside the deployed app (split topology) it is handed the app's own class. Anywh
 ``X.router(backend="modal")`` looks the deployed class up by name
 (``modal.Cls.from_name(app_name, class_name)``); ``/readyz`` turns 200 once that lookup
 succeeds, which wakes no GPU. Each request is one ``.remote.aio`` call carrying the request's
-JSON (``_core.wire``), answered with an envelope: the result, or that item's error (an
-``InputError`` keeps its 4xx). A streaming service's requests are ``.remote_gen.aio`` calls
+JSON, and its files as bytes beside it (``_core.wire``; read in a thread, a spooled upload may
+be large), answered with an envelope: the result, or that item's error (an ``InputError``
+keeps its 4xx). A streaming service's requests are ``.remote_gen.aio`` calls
 whose chunk envelopes go to the request's ``ItemStream``; closing the stream (the client left)
 stops reading the remote generator. Nothing is retried here: Modal retries failed inputs on
 the GPU class when ``retries`` is set, and a web request is never resent.
@@ -40,6 +41,7 @@ from .._core.streams import ItemStream
 from .._core.wire import (
     PREDICT_METHOD,
     STREAM_METHOD,
+    Wire,
     decode_chunk,
     decode_outcome,
     encode_request,
@@ -181,25 +183,31 @@ class ModalBackend:
                 f"the queue is full ({self.config.max_queue_size} requests in flight); "
                 "retry shortly"
             )
-        payload = encode_request(item)
         loop = asyncio.get_running_loop()
         if self.spec.streaming:
             stream = ItemStream()
-            reader = self._track(loop.create_task(self._read_stream(payload, stream)))
+            reader = self._track(loop.create_task(self._read_stream(item, stream)))
             stream.on_close(reader.cancel)
             future: asyncio.Future[Any] = loop.create_future()
             future.set_result(stream)
             return future
-        return self._track(loop.create_task(self._call(payload, deadline, trace)))
+        return self._track(loop.create_task(self._call(item, deadline, trace)))
+
+    async def _payload(self, item: Any) -> Wire:
+        """The request's wire form; a service with File fields reads its files in a thread."""
+        if self.spec.files:
+            return await asyncio.to_thread(encode_request, item)
+        return encode_request(item)
 
     def _track(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
         return task
 
-    async def _call(self, payload: dict[str, Any], deadline: float, trace: Trace | None) -> Any:
+    async def _call(self, item: Any, deadline: float, trace: Trace | None) -> Any:
         method = getattr(self._obj, PREDICT_METHOD)
         loop = asyncio.get_running_loop()
+        payload = await self._payload(item)
         delay = FIRST_RESEND_DELAY
         while True:
             try:
@@ -220,10 +228,11 @@ class ModalBackend:
             raise outcome
         return outcome
 
-    async def _read_stream(self, payload: dict[str, Any], stream: ItemStream) -> None:
+    async def _read_stream(self, item: Any, stream: ItemStream) -> None:
         method = getattr(self._obj, STREAM_METHOD)
         model = self.spec.response_model
         try:
+            payload = await self._payload(item)
             async for wire in method.remote_gen.aio(payload):
                 chunk = decode_chunk(model, wire)
                 if isinstance(chunk, ServingError):

@@ -12,6 +12,9 @@ async client, an engine) is alive when inputs arrive, exactly as with ``mfk serv
 - ``predict`` (``@modal.batched`` / ``@modal.method``): one envelope per item (``_core.wire``).
 - ``stream`` (a generator ``@modal.method``): the item goes through the kit's own batcher in
   the container (Modal cannot batch generators) and its chunks come back as envelopes.
+
+A request's files arrive as bytes beside its JSON and are ``File`` s in memory here (``path``
+writes a temporary copy); they are closed once the batch (or the stream) is answered.
 - ``web`` (colocated ``@modal.asgi_app``): the router on a ``LocalBackend`` over the runtime.
 
 When the runtime finds the model stalled, the container stops taking inputs
@@ -22,16 +25,18 @@ Modal starts a fresh one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from .._backends.local import LocalBackend
 from .._core.runtime import LOAD_HOOKS, ModelRuntime
 from .._core.spec import service_spec
 from .._core.wire import Wire, decode_request, encode_chunk, encode_outcome
+from .._file import files_in
 from .._heap import freeze_loaded_heap
-from ..exceptions import DeadlineExceeded, ModelStalled, ServingError
+from ..exceptions import DeadlineExceeded, ModelStalled, PredictError, ServingError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -87,18 +92,30 @@ async def predict(instance: Any, items: list[Wire]) -> list[Wire]:
     model = runtime.spec.request_model
     requests = [decode_request(model, item) for item in items]
     readable = [r for r in requests if not isinstance(r, ServingError)]
-    outcomes = iter(await runtime.run_batch(readable) if readable else [])
-    return [encode_outcome(r if isinstance(r, ServingError) else next(outcomes)) for r in requests]
+    try:
+        outcomes = iter(await runtime.run_batch(readable) if readable else [])
+        return [_outcome(r if isinstance(r, ServingError) else next(outcomes)) for r in requests]
+    finally:
+        _close_files(readable)
 
 
 async def stream(instance: Any, item: Wire) -> AsyncIterator[Wire]:
     """The chunk envelopes of one streaming request; the last one may be its error."""
     runtime = runtime_of(instance)
-    config = runtime.config
     request = decode_request(runtime.spec.request_model, item)
     if isinstance(request, ServingError):
         yield encode_chunk(request)
         return
+    try:
+        async with contextlib.aclosing(_stream(instance, runtime, request)) as envelopes:
+            async for envelope in envelopes:
+                yield envelope
+    finally:
+        _close_files([request])
+
+
+async def _stream(instance: Any, runtime: ModelRuntime, request: Any) -> AsyncGenerator[Wire, None]:
+    config = runtime.config
     backend = await _backend_of(instance, runtime)
     loop = asyncio.get_running_loop()
     try:
@@ -120,10 +137,43 @@ async def stream(instance: Any, item: Wire) -> AsyncIterator[Wire]:
             except ServingError as exc:
                 yield encode_chunk(exc)
                 return
-            yield encode_chunk(chunk)
+            yield _chunk(chunk)
             timeout = config.chunk_timeout
     finally:
         chunks.close()  # the caller stopped reading: stop the generator
+
+
+def _outcome(outcome: Any) -> Wire:
+    """``encode_outcome``, or the item's error when its answer cannot be sent (a file that
+    cannot be read): the batch's other items keep their answers."""
+    try:
+        return encode_outcome(outcome)
+    except Exception as exc:
+        logger.exception("could not send an answer to the web tier")
+        return encode_outcome(_unsendable(exc))
+
+
+def _chunk(chunk: Any) -> Wire:
+    try:
+        return encode_chunk(chunk)
+    except Exception as exc:
+        logger.exception("could not send a chunk to the web tier")
+        return encode_chunk(_unsendable(exc))
+
+
+def _unsendable(exc: Exception) -> PredictError:
+    error = PredictError(
+        f"the answer could not be sent to the web tier: {type(exc).__name__}: {exc}"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _close_files(requests: list[Any]) -> None:
+    """Release what backs the requests' files (temporary copies made for ``path``)."""
+    for request in requests:
+        for file in files_in(request):
+            file.close()
 
 
 def web(instance: Any) -> FastAPI:
