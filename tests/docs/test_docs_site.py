@@ -32,8 +32,8 @@ RUN_BY: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
     "docs/custom-domain.md": (("docs/test_custom_domain_docs.py",), {"python": 3, "bash": 6}),
     "docs/openai.md": (("docs/test_openai_docs.py",), {"python": 6, "bash": 3, "json": 1}),
     "docs/production.md": (
-        ("docs/test_production_docs.py", "http/test_metrics.py"),
-        {"python": 2, "bash": 1, "yaml": 1, "promql": 2, "text": 1},
+        ("docs/test_production_docs.py", "http/test_metrics.py", "http/test_cors.py"),
+        {"python": 3, "bash": 1, "yaml": 1, "promql": 2, "text": 1},
     ),
     "docs/testing.md": (
         ("test_testing_kit.py", "client/test_client.py"),

@@ -1,7 +1,7 @@
 """Every code block in docs/production.md runs: the keyed class over real HTTP and as a Modal
 deployment, the Secret command's key, the metrics mount in an existing app, the scrape config
 through promtool, the access-log line's shape (the PromQL runs in test_metrics, on a real
-Prometheus)."""
+Prometheus; the CORS middleware for an app of the user's own in http/test_cors)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ KEY = "doc-key-0123456789abcdef"
 
 
 def test_the_page_has_the_blocks_these_tests_run():
-    assert (len(PYTHON), len(BASH), len(YAML), len(TEXT), len(PROMQL)) == (2, 1, 1, 1, 4)
+    assert (len(PYTHON), len(BASH), len(YAML), len(TEXT), len(PROMQL)) == (3, 1, 1, 1, 4)
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 refused, credentials only when asked, the kit's refusals (401, 403, 413, 503, 500) readable by
 the page, and a preflight answered before the keys, the origin lock, the limit, the model and
 the metrics. The same layer in every app: ``Cls.asgi_app()``, the split topology's web
-function, the colocated container and the Modal Server container."""
+function, the colocated container and the Modal Server container; and the one middleware
+docs/production.md tells a user to add to an app of their own."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from modal_fastapi_kit.cli._serve import _limited
 from modal_fastapi_kit.exceptions import ConfigError
 from modal_fastapi_kit.testing import serve
 
-from .._servers import ThreadedServer, free_port, wait_ready
+from .._docs import block
+from .._servers import ROOT, ThreadedServer, free_port, wait_ready
 from .._toys import NumIn, NumOut, Probe, doubler
 from ..modal_container import ModalContainer
 from ..modal_server_container import ModalServerContainer
@@ -377,3 +379,24 @@ def test_the_modal_server_container_s_app_answers_cors(monkeypatch):
         response = container.serve_while(ask)
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == PAGE
+
+
+# -- an app of the user's own ---------------------------------------------------------------------
+
+
+def test_the_middleware_the_docs_add_to_a_users_app_answers_cors_for_the_mounted_router():
+    namespace: dict[str, object] = {}
+    code = block(ROOT / "docs" / "production.md", "python", "CORSMiddleware")
+    exec(compile(code, "production.md", "exec"), namespace)
+    client = TestClient(namespace["app"])  # no lifespan: the model is not loaded
+    asked = {"origin": PAGE, "access-control-request-method": "POST"}
+    headers = "content-type, x-api-key, x-request-id"
+    response = client.options(
+        "/ml/embed", headers={**asked, "access-control-request-headers": headers}
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == PAGE
+    assert client.options("/ml/embed", headers={**asked, "origin": OTHER}).status_code == 400
+    loading = client.post("/ml/embed", json={"text": "hi"}, headers={"origin": PAGE})
+    assert loading.status_code == 503  # the kit's not_ready, readable by the page
+    allowed(loading)
