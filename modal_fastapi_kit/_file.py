@@ -128,9 +128,10 @@ class FileLimits:
             )
 
     def check(self, file: File, field: str) -> None:
-        """Raise the 413 or the 415 that ``file`` in ``field`` is answered with."""
-        self.check_type(file.content_type, field)
+        """Raise the 413 or the 415 that ``file`` in ``field`` is answered with (a file
+        still at its URL is checked once it is downloaded)."""
         if file.url is None:
+            self.check_type(file.content_type, field)
             self.check_size(file.size, field)
 
     def __get_pydantic_core_schema__(

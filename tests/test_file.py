@@ -29,7 +29,7 @@ class Photo(BaseModel):
 class Album(BaseModel):
     pages: list[File] = []
     cover: File | None = None
-    link: Annotated[File, FileLimits(urls=True)] | None = None
+    link: Annotated[File, FileLimits(urls=True, content_types=("image/*",))] | None = None
 
 
 def data_uri(data: bytes, kind: str = "image/png") -> str:
@@ -122,7 +122,8 @@ def test_a_url_is_taken_only_where_allowed_and_stays_pending_until_fetched():
     album = Album.model_validate_json('{"link": "https://example.com/p/cat.png?x=1"}')
     link = album.link
     assert link is not None and link.url == "https://example.com/p/cat.png?x=1"
-    assert link.filename == "cat.png" and link.url_limits == FileLimits(urls=True)
+    assert link.filename == "cat.png"
+    assert link.url_limits == FileLimits(urls=True, content_types=("image/*",))
     with pytest.raises(RuntimeError, match="has not been downloaded"):
         link.read()
     link.resolve(File(PNG, content_type="image/png"))
