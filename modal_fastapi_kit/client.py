@@ -13,6 +13,11 @@ mounted under ``/ml`` is reached with ``base_url="https://host/ml"``. Every call
 ``X-Request-ID`` (one is made when none is given) and the API key as
 ``Authorization: Bearer``.
 
+Files: an item whose ``File`` fields hold files is sent as ``multipart/form-data``, a file
+from disk (``File.from_path``) streamed from it rather than read into memory; any other item
+as JSON. A service declared ``ModelServer[In, File]`` answers a ``File`` (its bytes, type and
+name; kept on disk past 8 MiB).
+
 Retries, within ``retry_for`` seconds from the start of a call, follow the error's ``code``
 (``modal_fastapi_kit.exceptions.ERROR_CODES``):
 
@@ -43,6 +48,7 @@ import httpx
 
 from ._client.answers import error_from_answer
 from ._client.attempts import Attempts
+from ._client.files import FileAnswerReader
 from ._client.options import DEFAULT_RETRY_FOR, ClientArgs, ClientOptions
 from ._client.stream import ChunkReader
 from ._protocol import RequestT, ResponseT
@@ -64,8 +70,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Reply(Generic[ResponseT]):
-    """An answer with what came with it: ``value`` is the response model, ``request_id`` the
-    id the server answered under, ``attempts`` how many requests it took (retries + 1)."""
+    """An answer with what came with it: ``value`` is the response model (or the ``File``),
+    ``request_id`` the id the server answered under, ``attempts`` how many requests it took
+    (retries + 1)."""
 
     value: ResponseT
     request_id: str
@@ -84,11 +91,11 @@ class _Client(Generic[RequestT, ResponseT]):
 
     def _call(
         self, item: RequestT | Mapping[str, Any], request_id: str | None, *, streaming: bool
-    ) -> tuple[Attempts, bytes]:
+    ) -> Attempts:
         service = self._options.service
         service.require(streaming=streaming)
         body = service.encode(item)
-        return Attempts(self._options, request_id, streaming=streaming), body
+        return Attempts(self._options, request_id, body, streaming=streaming)
 
     def _reply(self, call: Attempts, response: httpx.Response) -> Reply[ResponseT]:
         rid = call.answered_id(response)
@@ -129,15 +136,21 @@ class ServiceClient(_Client[RequestT, ResponseT]):
     def predict(
         self, item: RequestT | Mapping[str, Any], *, request_id: str | None = None
     ) -> ResponseT:
-        """Send ``item`` (the request model, or a dict of its fields); the response model."""
+        """Send ``item`` (the request model, or a dict of its fields); the response model, or
+        a ``File`` for a service that answers one."""
         return self.predict_reply(item, request_id=request_id).value
 
     def predict_reply(
         self, item: RequestT | Mapping[str, Any], *, request_id: str | None = None
     ) -> Reply[ResponseT]:
         """``predict``, with the request id and the number of attempts."""
-        call, body = self._call(item, request_id, streaming=False)
-        return self._reply(call, self._send(call, body, stream=False))
+        call = self._call(item, request_id, streaming=False)
+        try:
+            if self._options.service.answers_file:
+                return self._read_file(call)
+            return self._reply(call, self._send(call, stream=False))
+        finally:
+            call.body.close()
 
     def stream(
         self, item: RequestT | Mapping[str, Any], *, request_id: str | None = None
@@ -150,8 +163,7 @@ class ServiceClient(_Client[RequestT, ResponseT]):
             with client.stream(item) as chunks:
                 for chunk in chunks: ...
         """
-        call, body = self._call(item, request_id, streaming=True)
-        return ChunkStream(self, call, body)
+        return ChunkStream(self, self._call(item, request_id, streaming=True))
 
     def close(self) -> None:
         """Close the connections (not those of a client passed as ``http_client``)."""
@@ -169,11 +181,11 @@ class ServiceClient(_Client[RequestT, ResponseT]):
     ) -> None:
         self.close()
 
-    def _send(self, call: Attempts, body: bytes, *, stream: bool) -> httpx.Response:
+    def _send(self, call: Attempts, *, stream: bool) -> httpx.Response:
         """Send until a success (returned; open when ``stream``) or the call is over."""
         while True:
             try:
-                response = self._http.send(call.request(self._http, body), stream=stream)
+                response = self._http.send(call.request(self._http), stream=stream)
             except httpx.TransportError as exc:
                 time.sleep(call.after_transport_error(exc))
                 continue
@@ -184,6 +196,27 @@ class ServiceClient(_Client[RequestT, ResponseT]):
             finally:
                 response.close()
             time.sleep(call.after_answer(response, content))
+
+    def _read_file(self, call: Attempts) -> Reply[ResponseT]:
+        """A file answer's body into a ``File``; a body that breaks off is a failure of the
+        call, retried as a broken connection is."""
+        while True:
+            response = self._send(call, stream=True)
+            reader = FileAnswerReader(response.headers)
+            try:
+                for chunk in response.iter_bytes():
+                    reader.write(chunk)
+            except httpx.TransportError as exc:
+                reader.discard()
+                time.sleep(call.after_transport_error(exc))
+                continue
+            except BaseException:
+                reader.discard()
+                raise
+            finally:
+                response.close()
+            file = cast("ResponseT", reader.file())
+            return Reply(file, call.answered_id(response), call.attempts)
 
 
 class AsyncServiceClient(_Client[RequestT, ResponseT]):
@@ -210,15 +243,21 @@ class AsyncServiceClient(_Client[RequestT, ResponseT]):
     async def predict(
         self, item: RequestT | Mapping[str, Any], *, request_id: str | None = None
     ) -> ResponseT:
-        """Send ``item`` (the request model, or a dict of its fields); the response model."""
+        """Send ``item`` (the request model, or a dict of its fields); the response model, or
+        a ``File`` for a service that answers one."""
         return (await self.predict_reply(item, request_id=request_id)).value
 
     async def predict_reply(
         self, item: RequestT | Mapping[str, Any], *, request_id: str | None = None
     ) -> Reply[ResponseT]:
         """``predict``, with the request id and the number of attempts."""
-        call, body = self._call(item, request_id, streaming=False)
-        return self._reply(call, await self._send(call, body, stream=False))
+        call = self._call(item, request_id, streaming=False)
+        try:
+            if self._options.service.answers_file:
+                return await self._read_file(call)
+            return self._reply(call, await self._send(call, stream=False))
+        finally:
+            call.body.close()
 
     def stream(
         self, item: RequestT | Mapping[str, Any], *, request_id: str | None = None
@@ -229,8 +268,7 @@ class AsyncServiceClient(_Client[RequestT, ResponseT]):
             async with client.stream(item) as chunks:
                 async for chunk in chunks: ...
         """
-        call, body = self._call(item, request_id, streaming=True)
-        return AsyncChunkStream(self, call, body)
+        return AsyncChunkStream(self, self._call(item, request_id, streaming=True))
 
     async def aclose(self) -> None:
         """Close the connections (not those of a client passed as ``http_client``)."""
@@ -248,11 +286,11 @@ class AsyncServiceClient(_Client[RequestT, ResponseT]):
     ) -> None:
         await self.aclose()
 
-    async def _send(self, call: Attempts, body: bytes, *, stream: bool) -> httpx.Response:
+    async def _send(self, call: Attempts, *, stream: bool) -> httpx.Response:
         """``ServiceClient._send``, awaited."""
         while True:
             try:
-                response = await self._http.send(call.request(self._http, body), stream=stream)
+                response = await self._http.send(call.request(self._http), stream=stream)
             except httpx.TransportError as exc:
                 await asyncio.sleep(call.after_transport_error(exc))
                 continue
@@ -264,6 +302,26 @@ class AsyncServiceClient(_Client[RequestT, ResponseT]):
                 await response.aclose()
             await asyncio.sleep(call.after_answer(response, content))
 
+    async def _read_file(self, call: Attempts) -> Reply[ResponseT]:
+        """``ServiceClient._read_file``, awaited."""
+        while True:
+            response = await self._send(call, stream=True)
+            reader = FileAnswerReader(response.headers)
+            try:
+                async for chunk in response.aiter_bytes():
+                    reader.write(chunk)
+            except httpx.TransportError as exc:
+                reader.discard()
+                await asyncio.sleep(call.after_transport_error(exc))
+                continue
+            except BaseException:
+                reader.discard()
+                raise
+            finally:
+                await response.aclose()
+            file = cast("ResponseT", reader.file())
+            return Reply(file, call.answered_id(response), call.attempts)
+
 
 def _timeout(options: ClientOptions) -> httpx.Timeout:
     seconds = options.default_timeout
@@ -273,9 +331,8 @@ def _timeout(options: ClientOptions) -> httpx.Timeout:
 class _Stream:
     """What both streams share: the call, its request id, and the chunks read so far."""
 
-    def __init__(self, call: Attempts, body: bytes) -> None:
+    def __init__(self, call: Attempts) -> None:
         self._call = call
-        self._body = body
         self._response: httpx.Response | None = None
         self._reader: ChunkReader | None = None
         self.request_id = call.request_id
@@ -304,8 +361,8 @@ class ChunkStream(_Stream, Generic[ResponseT]):
     (``PredictError``, ``DeadlineExceeded``, ...), with the request id.
     """
 
-    def __init__(self, client: ServiceClient[Any, ResponseT], call: Attempts, body: bytes) -> None:
-        super().__init__(call, body)
+    def __init__(self, client: ServiceClient[Any, ResponseT], call: Attempts) -> None:
+        super().__init__(call)
         self._client = client
         self._chunks: Generator[ResponseT, None, None] | None = None
 
@@ -336,7 +393,10 @@ class ChunkStream(_Stream, Generic[ResponseT]):
 
     def _start(self) -> Generator[ResponseT, None, None]:
         if self._chunks is None:
-            response = self._client._send(self._call, self._body, stream=True)
+            try:  # the body is sent whole before the answer's head arrives
+                response = self._client._send(self._call, stream=True)
+            finally:
+                self._call.body.close()
             self._chunks = self._read(response, self._begin(response, self._client._options))
         return self._chunks
 
@@ -354,10 +414,8 @@ class ChunkStream(_Stream, Generic[ResponseT]):
 class AsyncChunkStream(_Stream, Generic[ResponseT]):
     """The chunks of one streamed answer, for ``async for``; see ``ChunkStream``."""
 
-    def __init__(
-        self, client: AsyncServiceClient[Any, ResponseT], call: Attempts, body: bytes
-    ) -> None:
-        super().__init__(call, body)
+    def __init__(self, client: AsyncServiceClient[Any, ResponseT], call: Attempts) -> None:
+        super().__init__(call)
         self._client = client
         self._chunks: AsyncGenerator[ResponseT, None] | None = None
 
@@ -388,7 +446,10 @@ class AsyncChunkStream(_Stream, Generic[ResponseT]):
 
     async def _start(self) -> AsyncGenerator[ResponseT, None]:
         if self._chunks is None:
-            response = await self._client._send(self._call, self._body, stream=True)
+            try:  # the body is sent whole before the answer's head arrives
+                response = await self._client._send(self._call, stream=True)
+            finally:
+                self._call.body.close()
             self._chunks = self._read(response, self._begin(response, self._client._options))
         return self._chunks
 

@@ -30,6 +30,7 @@ from ..exceptions import (
     UpstreamError,
 )
 from .answers import error_from_answer
+from .files import Body
 from .options import ClientOptions
 
 __all__ = ["FIRST_BACKOFF", "MAX_BACKOFF", "Attempts", "unsent"]
@@ -50,6 +51,7 @@ class Attempts:
         self,
         options: ClientOptions,
         request_id: str | None,
+        body: Body,
         *,
         streaming: bool,
         clock: Callable[[], float] = time.monotonic,
@@ -60,23 +62,30 @@ class Attempts:
         self.started = self._clock()
         self.attempts = 0
         self._backoff = FIRST_BACKOFF
+        self.body = body
+        if streaming:
+            accept = "text/event-stream"
+        elif options.service.answers_file:
+            accept = "*/*"
+        else:
+            accept = "application/json"
         self.headers = {
             **options.headers,
-            "content-type": "application/json",
-            "accept": "text/event-stream" if streaming else "application/json",
+            "content-type": body.content_type,  # a multipart boundary stays the same
+            "accept": accept,
             REQUEST_ID_HEADER: self.request_id,
         }
 
-    def request(self, http: httpx.Client | httpx.AsyncClient, body: bytes) -> httpx.Request:
-        """The next attempt's request."""
+    def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        """The next attempt's request: the same body each time (a file part is rewound)."""
         self.attempts += 1
         timeout = self.options.timeout
         return http.build_request(
             "POST",
             self.options.url,
-            content=body,
             headers=self.headers,
             timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+            **self.body.request_args(),
         )
 
     def answered_id(self, response: httpx.Response) -> str:

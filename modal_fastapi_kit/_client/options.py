@@ -10,7 +10,9 @@ from typing import Any, TypedDict
 from pydantic import BaseModel, ValidationError
 
 from .._core.spec import ServiceSpec, service_spec
+from .._file import File, FileAnswer
 from ..exceptions import ConfigError, ErrorCode, InputError, UpstreamError
+from .files import Body
 
 __all__ = [
     "DEFAULT_RETRY_FOR",
@@ -48,7 +50,8 @@ class ClientArgs(TypedDict, total=False):
 
 
 class Service:
-    """What a client knows about the service: its route, models, and whether it streams."""
+    """What a client knows about the service: its route, models, whether it streams, and
+    whether it answers a file."""
 
     def __init__(self, server_cls: type[Any]) -> None:
         spec: ServiceSpec = service_spec(server_cls)
@@ -61,14 +64,16 @@ class Service:
         self.name = spec.name
         self.route = spec.config.route
         self.streaming = spec.streaming
+        self.answers_file = spec.answers_file and not spec.streaming
         config = spec.config
         wait = max(config.request_timeout, config.first_chunk_seconds)
         if spec.streaming:
             wait = max(wait, config.chunk_timeout)
         self.default_timeout = wait + TIMEOUT_MARGIN
 
-    def encode(self, item: Any) -> bytes:
-        """``item`` (the request model, or a dict of its fields) as the JSON body."""
+    def encode(self, item: Any) -> Body:
+        """``item`` (the request model, or a dict of its fields) as the body to send: JSON,
+        or ``multipart/form-data`` when its File fields hold files."""
         model = self.spec.request_model
         if isinstance(item, Mapping):
             try:
@@ -81,14 +86,14 @@ class Service:
                 f"{self.name} takes a {model.__name__} (or a dict of its fields), not "
                 f"{type(item).__name__}: pass {model.__name__}(...)"
             )
-        body: bytes = item.__pydantic_serializer__.to_json(item)
-        return body
+        return Body.of(item, self.spec.files)
 
-    def decode(self, data: bytes | str, url: str, request_id: str) -> BaseModel:
-        """An answer (or a chunk) as the response model."""
+    def decode(self, data: bytes | str, url: str, request_id: str) -> BaseModel | File:
+        """A JSON answer (or a chunk) as the response model; a ``File`` for a service declared
+        ``ModelServer[In, File]``."""
         model = self.spec.response_model
         try:
-            return model.model_validate_json(data)
+            value = model.model_validate_json(data)
         except ValidationError as exc:
             raise UpstreamError(
                 f"the answer of POST {url} is not a {model.__name__}: {_short(exc)}; is the "
@@ -96,6 +101,7 @@ class Service:
                 retry_after=None,
                 request_id=request_id,
             ) from exc
+        return value.root if isinstance(value, FileAnswer) else value
 
     def require(self, streaming: bool) -> None:
         """Refuse ``predict`` on a streaming service, and ``stream`` on one that is not."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 from pydantic import BaseModel
 
+from .._file import File
 from ..exceptions import DeadlineExceeded, ErrorCode, ServingError, UpstreamError, error_for
 from .answers import read_error_body
 from .options import Service
@@ -27,7 +28,7 @@ class ChunkReader:
         self._event: str | None = None
         self._data: list[str] = []
 
-    def feed(self, line: str) -> BaseModel | None:
+    def feed(self, line: str) -> BaseModel | File | None:
         if line:
             if not line.startswith(":"):
                 field, _, value = line.partition(":")

@@ -190,6 +190,8 @@ def test_what_may_have_run_is_retried_only_when_the_call_is_safe(code, kind):
         (500, b"", PredictError, ErrorCode.PREDICT_FAILED),
         (429, b"slow down", QueueFullError, ErrorCode.OVERLOADED),
         (413, b"too big", InputError, ErrorCode.BODY_TOO_LARGE),
+        (415, b"no such type here", InputError, ErrorCode.UNSUPPORTED_MEDIA_TYPE),
+        (408, b"Request Timeout", InputError, ErrorCode.UPLOAD_TIMEOUT),
         (404, b'{"detail": "Not Found"}', InputError, ErrorCode.NOT_FOUND),
         (418, b"teapot", InputError, ErrorCode.REFUSED),
         (501, b"no", UpstreamError, ErrorCode.UPSTREAM_FAILED),
