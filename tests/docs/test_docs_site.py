@@ -30,7 +30,7 @@ RUN_BY: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
         {"python": 6, "console": 5, "": 2},
     ),
     "docs/custom-domain.md": (("docs/test_custom_domain_docs.py",), {"python": 3, "bash": 6}),
-    "docs/openai.md": (("docs/test_openai_docs.py",), {"python": 6, "bash": 3, "json": 1}),
+    "docs/openai.md": (("docs/test_openai_docs.py",), {"python": 9, "bash": 5, "json": 1}),
     "docs/production.md": (
         ("docs/test_production_docs.py", "http/test_metrics.py", "http/test_cors.py"),
         {"python": 3, "bash": 1, "yaml": 1, "promql": 2, "text": 1},

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import json
+import math
 import re
 import subprocess
 import time
+import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +35,7 @@ JSON = [code for lang, code in BLOCKS if lang == "json"]
 
 
 def test_the_page_has_the_blocks_this_file_runs():
-    assert (len(PYTHON), len(BASH), len(JSON)) == (6, 3, 1)
+    assert (len(PYTHON), len(BASH), len(JSON)) == (9, 5, 1)
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +124,87 @@ def test_the_real_model_class_builds_its_modal_deployment(tmp_path):
     assert built.web_function is not None
     assert built.config.local_sources == ("examples",)  # the decoding loop ships with it
     assert "accelerate>=1.0" in built.packages
+
+
+def speech_wav(path: Path) -> Path:
+    """Two seconds of a rising tone between silences: 16-bit PCM mono at 16 kHz."""
+    rate = 16_000
+    tone = [
+        round(16_000 * math.sin(2 * math.pi * (300 + 400 * t) * t))
+        for t in (i / rate for i in range(2 * rate))
+    ]
+    samples = [0] * (rate // 4) + tone + [0] * (rate // 4)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"".join(s.to_bytes(2, "little", signed=True) for s in samples))
+    return path
+
+
+def test_the_transcription_class_the_sdk_snippet_and_curl(tmp_path, monkeypatch):
+    (tmp_path / "my_transcriber.py").write_text(PYTHON[6])
+    audio = speech_wav(tmp_path / "speech.wav")
+    size = audio.stat().st_size
+    port = free_port()
+    args = [str(BIN / "mfk"), "serve", "my_transcriber.py", "--port", str(port)]
+    with running(args, cwd=tmp_path):
+        wait_ready(f"http://127.0.0.1:{port}")
+        with openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0
+        ) as client:
+            api = client.audio.transcriptions
+            with audio.open("rb") as file:
+                verbose = api.create(model="whisper-1", file=file, response_format="verbose_json")
+            with pytest.raises(openai.BadRequestError, match="not a WAV file"):
+                api.create(model="whisper-1", file=("fake.wav", b"ID3..."))
+            with pytest.raises(openai.BadRequestError, match="this server takes audio/wav"):
+                api.create(model="whisper-1", file=("talk.mp3", b"ID3..."))
+    assert verbose.text == f"{size} bytes"
+    assert verbose.duration == (size - 44) / 32_000 == 2.5
+    assert [(s.start, s.end) for s in verbose.segments or []] == [(0.0, 2.5)]
+    monkeypatch.chdir(tmp_path)  # the snippet and curl open speech.wav
+    with serving(BASH[3], 8002) as port:
+        run_block(PYTHON[7], 8002, port)
+        curl = BASH[4].replace("localhost:8002", f"127.0.0.1:{port}")
+        out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)
+    assert re.fullmatch(r"1\n00:00:00,\d{3} --> 00:00:0\d,\d{3}\n[A-Z][a-z ]+\.\n\n", out.stdout), (
+        out.stdout
+    )
+
+
+def test_the_whisper_class_builds_its_modal_deployment_with_real_transformers_apis(tmp_path):
+    code = PYTHON[8]
+    (tmp_path / "whisper.py").write_text(code)
+    server_cls = load_service(str(tmp_path / "whisper.py"))
+    built = deployment(server_cls)
+    info = built.gpu_cls().mfk_predict.info()
+    assert info.gpus == [("L4", 1)]
+    assert {path: mount.name for path, mount in info.volumes.items()} == {HF_CACHE_PATH: "hf-cache"}
+    assert built.config.apt_packages == ("ffmpeg",)  # what ffmpeg_read runs
+    assert built.config.max_batch_size == 16
+    # Every name it imports from transformers exists, and is called with parameters it has.
+    imported = {
+        alias.name: node.module
+        for node in ast.walk(ast.parse(code))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("transformers")
+        for alias in node.names
+    }
+    assert set(imported) == {
+        "AutoProcessor",
+        "WhisperForConditionalGeneration",
+        "pipeline",
+        "ffmpeg_read",
+    }
+    found = {name: getattr(importlib.import_module(m), name) for name, m in imported.items()}
+    assert list(inspect.signature(found["ffmpeg_read"]).parameters) == [
+        "bpayload",
+        "sampling_rate",
+    ]
+    from transformers import WhisperProcessor
+    from transformers.pipelines import AutomaticSpeechRecognitionPipeline, Pipeline
+
+    assert "return_tensors" in inspect.signature(WhisperProcessor.get_prompt_ids).parameters
+    options = inspect.signature(AutomaticSpeechRecognitionPipeline._sanitize_parameters)
+    assert {"chunk_length_s", "return_timestamps", "generate_kwargs"} <= set(options.parameters)
+    assert "batch_size" in inspect.signature(Pipeline.__call__).parameters
