@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,9 +29,15 @@ def bash_block(containing: str) -> str:
     return matches[0]
 
 
+def python_block(containing: str) -> str:
+    matches = [code for code in PYTHON if containing in code]
+    assert len(matches) == 1, containing
+    return matches[0]
+
+
 def test_the_readme_has_the_blocks_this_file_runs():
-    assert len(PYTHON) == 4
-    assert len(BASH) == 7
+    assert len(PYTHON) == 6
+    assert len(BASH) == 8
 
 
 def test_quickstart_serves_with_mfk_and_answers_the_curl(tmp_path: Path):
@@ -100,6 +107,53 @@ def test_generate_block_streams_with_curl(tiny_lm_dir):
     assert len(events) > 5 and all(e.startswith('data: {"index":') for e in events)
 
 
+def test_files_blocks_answer_curl_and_the_typed_client_with_a_thumbnail(tmp_path, monkeypatch):
+    from PIL import Image
+
+    (tmp_path / "thumbnails.py").write_text(python_block("class Thumbnails"))
+    Image.radial_gradient("L").convert("RGB").resize((300, 200)).save(tmp_path / "cat.jpg")
+
+    def thumbnail(size: int) -> bytes:
+        with Image.open(tmp_path / "cat.jpg") as picture:
+            picture.thumbnail((size, size))
+            return picture.tobytes()
+
+    def answered(path: Path) -> tuple[tuple[int, int], bytes]:
+        with Image.open(path) as picture:
+            assert picture.format == "PNG"
+            return picture.size, picture.tobytes()
+
+    serve, *curls = bash_block("mfk serve thumbnails.py").strip().splitlines()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = serve.split()
+    with running([str(BIN / args[0]), *args[1:], "--port", str(port)], cwd=tmp_path) as p:
+        wait_ready(base, timeout=60)
+        for line, size in zip(curls, (64, 128), strict=True):  # -F size=64, then the default
+            (tmp_path / "thumb.png").unlink(missing_ok=True)
+            command = line.split("#")[0].replace("localhost:8000", f"127.0.0.1:{port}")
+            out = subprocess.run(
+                ["bash", "-c", f"{command} -sS -w '%{{http_code}}'"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd=tmp_path,
+            )
+            assert (out.returncode, out.stdout) == (0, "200"), (out.stderr, p.output)
+            got = answered(tmp_path / "thumb.png")
+            assert max(got[0]) == size and got[1] == thumbnail(size)
+        (tmp_path / "thumb.png").unlink()
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        client_code = python_block("Thumbnails.client").replace("http://127.0.0.1:8000", base)
+        try:
+            exec(compile(client_code, "README.md", "exec"), {})
+        finally:
+            sys.modules.pop("thumbnails", None)  # the block imported the written module
+        got = answered(tmp_path / "thumb.png")
+        assert max(got[0]) == 64 and got[1] == thumbnail(64)
+
+
 def test_make_targets_named_in_the_readme_exist():
     block = bash_block("make serve")
     makefile = (ROOT / "Makefile").read_text()
@@ -118,7 +172,7 @@ def test_install_lines_name_real_extras():
 
 def test_modal_app_line_is_what_the_example_binds():
     example = (ROOT / "examples" / "embeddings.py").read_text()
-    line = PYTHON[3].split("#")[0].strip()
+    line = PYTHON[5].split("#")[0].strip()
     assert line in example
 
 
