@@ -23,6 +23,7 @@ CHECKED = {
     "paired": "python -m benchmarks.paired",
     "noop": "python -m benchmarks.noop",
     "coldstart": "python -m benchmarks.coldstart",
+    "uploads": "python -m benchmarks.uploads",
 }
 
 
@@ -108,6 +109,12 @@ def test_the_no_op_benchmark_s_command_runs_its_help():
 def test_the_cold_start_benchmark_s_command_runs_its_help():
     assert block("coldstart") == "python -m benchmarks.coldstart"
     assert "--runs" in help_of(block("coldstart"))
+
+
+def test_the_uploads_benchmark_s_command_runs_its_help():
+    command = block("uploads").split()
+    assert command[:3] == ["python", "-m", "benchmarks.uploads"]
+    assert "--bentoml-python" in command and "--bentoml-python" in help_of(block("uploads"))
 
 
 def help_of(command: str) -> str:
