@@ -68,7 +68,14 @@ HF_CACHE_PATH = "/root/.cache/huggingface"
 LIBRARY = "modal_fastapi_kit"
 # What the library imports in the container, pinned to the versions installed here
 # (packaging: building the deployment reads the requirements, in the container too).
-RUNTIME_DISTRIBUTIONS = ("fastapi", "pydantic", "prometheus-client", "packaging")
+# python-multipart: Starlette parses multipart bodies (file uploads) with it.
+RUNTIME_DISTRIBUTIONS = (
+    "fastapi",
+    "pydantic",
+    "prometheus-client",
+    "packaging",
+    "python-multipart",
+)
 SERVER_DISTRIBUTIONS = ("uvicorn",)  # topology="server": the container serves HTTP itself
 
 _CACHE_ATTR = "__mfk_modal_deployment__"

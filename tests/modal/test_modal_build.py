@@ -418,10 +418,12 @@ def test_image_pins_the_runtime_and_lets_the_user_override_a_pin():
     pydantic = importlib.metadata.version("pydantic")
     prometheus = importlib.metadata.version("prometheus-client")
     packaging = importlib.metadata.version("packaging")
+    multipart = importlib.metadata.version("python-multipart")
     assert packages == (
         f"pydantic=={pydantic}",
         f"prometheus-client=={prometheus}",
         f"packaging=={packaging}",
+        f"python-multipart=={multipart}",
         "numpy==2.0.0",
         "FastAPI==0.115.0",
     )
@@ -477,6 +479,8 @@ def test_the_image_installs_every_module_the_library_imports_in_a_container():
     code = (
         "import sys, modal; before = set(sys.modules); "
         "import modal_fastapi_kit, modal_fastapi_kit._modal.container; "
+        # what parsing an upload imports (Starlette reads multipart with python-multipart)
+        "import starlette.formparsers; assert starlette.formparsers.multipart; "
         "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
