@@ -333,6 +333,9 @@ def _normalise(name: str, value: Any) -> Any:
         )
     if name in _TUPLE_FIELDS and isinstance(value, str):
         raise ConfigError(f"{name}={value!r} is a string; pass a list: {name}=[{value!r}]")
+    if name == "cors_origins" and isinstance(value, list | tuple):
+        # browsers send an origin's scheme and host in lower case
+        return tuple(v.lower() if isinstance(v, str) else v for v in value)
     if name in _TUPLE_FIELDS or (name in ("gpu", "region") and isinstance(value, list | tuple)):
         return tuple(value)
     if name in ("env", "volumes") and isinstance(value, Mapping):

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from modal._utils.async_utils import synchronizer
 
 from modal_fastapi_kit import ModelServer, gpu_service, metrics_registry
+from modal_fastapi_kit._config import ServiceConfig
 from modal_fastapi_kit._http.cors import CORS_EXPOSED_HEADERS, CORS_REQUEST_HEADERS
 from modal_fastapi_kit._modal import server_container
 from modal_fastapi_kit._modal.build import deployment
@@ -400,3 +401,8 @@ def test_the_middleware_the_docs_add_to_a_users_app_answers_cors_for_the_mounted
     loading = client.post("/ml/embed", json={"text": "hi"}, headers={"origin": PAGE})
     assert loading.status_code == 503  # the kit's not_ready, readable by the page
     allowed(loading)
+
+
+def test_an_origin_written_in_capitals_is_kept_as_browsers_send_it():
+    config = ServiceConfig.from_options({"name": "x", "cors_origins": ["HTTPS://App.Example.com"]})
+    assert config.cors_origins == ("https://app.example.com",)
