@@ -474,7 +474,23 @@ def file_json_schema(limits: FileLimits) -> JsonSchemaValue:
         said += f"; of type {', '.join(limits.content_types)}"
     if limits.max_bytes is not None:
         said += f"; at most {limits.max_bytes} bytes"
-    return {"type": "string", "format": "uri", "description": said}
+    return {"type": "string", "format": "uri", "pattern": _uri_pattern(limits), "description": said}
+
+
+_TOKEN = r"[-+.\w]+"
+_BASE64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+
+
+def _uri_pattern(limits: FileLimits) -> str:
+    """The strings a ``File`` field with ``limits`` takes in JSON, as a regular expression
+    (ECMA 262, as JSON Schema reads it): a base64 ``data:`` URI of an accepted type, or an
+    http(s) URL where the field takes URLs."""
+    kinds = [
+        t[:-1] + _TOKEN if t.endswith("/*") else "".join("\\" + c if c in ".+$^" else c for c in t)
+        for t in limits.content_types
+    ] or [f"{_TOKEN}/{_TOKEN}"]
+    data = f"data:(?:{'|'.join(kinds)})(?:;[-.\\w]+=[-.\\w]+)*;base64,{_BASE64}"
+    return f"^(?:{data}|https?://\\S+)$" if limits.urls else f"^{data}$"
 
 
 def bare_type(content_type: str) -> str:

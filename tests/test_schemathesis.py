@@ -1,5 +1,6 @@
-"""schemathesis, with all its checks, against the served examples' own OpenAPI: every answer
-the routes give is one the schema declares (status, content type, body), none is a 500."""
+"""schemathesis, with all its checks, against the served examples' own OpenAPI (and a file
+route's): every answer the routes give is one the schema declares (status, content type,
+body), none is a 500."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(
-    "example", ["examples/embeddings.py", "examples/openai_embeddings.py", "examples/chat.py"]
+    "example",
+    [
+        "examples/embeddings.py",
+        "examples/openai_embeddings.py",
+        "examples/chat.py",
+        # a file route: JSON, multipart and raw bodies in, the file's bytes out
+        "tests/services/files.py:Thumb",
+    ],
 )
 def test_schemathesis_finds_nothing(example, tiny_lm_dir):
     port = free_port()

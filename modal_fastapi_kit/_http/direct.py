@@ -27,7 +27,7 @@ from starlette.responses import Response
 
 from .auth import guard_keys, presented_key, require_key
 
-__all__ = ["DirectCall", "call_directly", "direct_call", "is_json"]
+__all__ = ["DirectCall", "call_directly", "direct_call", "effective_route", "is_json"]
 
 DirectCall = Callable[[Request], Coroutine[Any, Any, Response | None]]
 
@@ -50,11 +50,9 @@ def direct_call(route: APIRoute) -> DirectCall | None:
     ``Request`` keeps for the next reader).
     """
     model: type[BaseModel] | None = getattr(route.endpoint, _DIRECT_ATTR, None)
-    if model is None or _EFFECTIVE_ROUTE is None:
+    merged = effective_route(route)
+    if model is None or merged is None:
         return None
-    # Included in another router, a route's dependencies are those of every router above it.
-    effective = _EFFECTIVE_ROUTE.get()
-    merged = effective if effective is not None and effective.original_route is route else route
     all_keys = guard_keys(merged.dependencies)
     if all_keys is None:
         return None
@@ -79,6 +77,17 @@ def direct_call(route: APIRoute) -> DirectCall | None:
         return response
 
     return direct
+
+
+def effective_route(route: APIRoute) -> Any:
+    """The route as its app serves it, while its handler is built: included in another
+    router, its dependencies are those of every router above it too (FastAPI's merged
+    route, with ``dependant``, ``dependencies``, ``dependency_overrides_provider``). None
+    where the installed FastAPI does not say."""
+    if _EFFECTIVE_ROUTE is None:
+        return None
+    effective = _EFFECTIVE_ROUTE.get()
+    return effective if effective is not None and effective.original_route is route else route
 
 
 def is_json(request: Request) -> bool:

@@ -6,7 +6,10 @@ app it does not own. A route class travels with the router: its handler turns wh
 before the endpoint runs into the kit's answers, with the request id:
 
 - a body over the route's limit (``limit_body``) is a 413, whether it says its length or is
-  sent in chunks; the body is not read past the limit;
+  sent in chunks; the body is not read past the limit; a body that has not all arrived
+  within the route's ``upload_timeout`` is a 408 ``upload_timeout``;
+- on a route with ``File`` fields, a multipart or raw body is read and the endpoint called
+  by ``_http/upload_call.py``;
 - a body that cannot be parsed (not UTF-8, nested too deeply) is a 400 ``unreadable_body``;
 - a ``ServingError`` raised by a dependency (a missing API key: ``Unauthorized``) keeps its
   status and headers;
@@ -19,10 +22,12 @@ Subclasses (the OpenAI-compatible routes) change only how an error is written.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +41,7 @@ from .._core.recorder import Trace
 from ..exceptions import ErrorCode, InputError, ServingError
 from .direct import direct_call, is_json
 from .errors import REQUEST_ID_HEADER, error_response, request_id
+from .upload_call import upload_call
 from .waiting import TRACE_KEY
 
 __all__ = [
@@ -56,11 +62,14 @@ class KitRoute(APIRoute):
         return self.kit_handler(super().get_route_handler())
 
     def kit_handler(self, fallback: Handler) -> Handler:
-        """This route's handler: the body limit, the direct call (``_http/direct.py``), then
-        ``fallback`` (FastAPI's handler) for what the direct call leaves; every failure as
-        the kit's error answer, and each answer counted and access-logged."""
+        """This route's handler: the body's limits, the direct call (``_http/direct.py``), the
+        upload call for a file route's multipart or raw body (``_http/upload_call.py``),
+        then ``fallback`` (FastAPI's handler) for what they leave; every failure as the
+        kit's error answer, and each answer counted and access-logged."""
         direct = direct_call(self)
+        uploads = upload_call(self)
         limit: int | None = getattr(self.endpoint, _LIMIT_ATTR, None)
+        seconds: float | None = getattr(self.endpoint, _TIMEOUT_ATTR, None)
         observed = hasattr(self.endpoint, _COUNTER_ATTR)
         counter: RequestCounter | None = getattr(self.endpoint, _COUNTER_ATTR, None)
         path = self.path
@@ -84,9 +93,13 @@ class KitRoute(APIRoute):
         async def answer(request: Request) -> Response:
             try:
                 if limit is not None:
-                    request = _limited(request, limit)
+                    request = _limited(request, limit, seconds)
                 if direct is not None and is_json(request):
                     answered = await direct(request)
+                    if answered is not None:
+                        return answered
+                elif uploads is not None:
+                    answered = await uploads(request)
                     if answered is not None:
                         return answered
                 return await fallback(request)  # from the body read already, if it was
@@ -114,9 +127,11 @@ class KitRoute(APIRoute):
         )
 
 
-def limit_body(endpoint: Callable[..., Any], max_bytes: int) -> None:
-    """Make a ``KitRoute`` refuse bodies over ``max_bytes`` for ``endpoint`` (413)."""
+def limit_body(endpoint: Callable[..., Any], max_bytes: int, seconds: float | None = None) -> None:
+    """Make a ``KitRoute`` refuse bodies over ``max_bytes`` for ``endpoint`` (413), and
+    bodies that have not all arrived ``seconds`` after the request began (408)."""
     setattr(endpoint, _LIMIT_ATTR, max_bytes)
+    setattr(endpoint, _TIMEOUT_ATTR, seconds)
 
 
 class RequestCounter(Protocol):
@@ -170,32 +185,92 @@ access_log = logging.getLogger("modal_fastapi_kit.access")
 
 _LIMIT_ATTR = "__mfk_max_body__"
 
+_TIMEOUT_ATTR = "__mfk_upload_timeout__"
+
 _COUNTER_ATTR = "__mfk_requests__"
 
 
-def _limited(request: Request, limit: int) -> Request:
-    """``request`` with a body reader that refuses more than ``limit`` bytes."""
-    too_large = InputError(
+def _limited(request: Request, limit: int, seconds: float | None = None) -> Request:
+    """``request`` with a body reader that refuses more than ``limit`` bytes, and a body that
+    is not complete ``seconds`` from now."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _too_large(limit)  # before reading a byte of it
+    receive = request.receive
+    seen = 0
+    clock = None if seconds is None else _UploadClock(seconds)
+
+    async def receive_at_most() -> Message:
+        nonlocal seen, clock
+        message = await (receive() if clock is None else clock.receive(receive, seen))
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _too_large(limit)
+            if clock is not None and not message.get("more_body", False):
+                clock.stop()  # the body is complete
+                clock = None
+        return message
+
+    return Request(request.scope, receive_at_most)
+
+
+def _too_large(limit: int) -> InputError:
+    return InputError(
         f"the request body is over the limit of {limit} bytes",
         status_code=413,
         code=ErrorCode.BODY_TOO_LARGE,
     )
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise too_large  # before reading a byte of it
-    receive = request.receive
-    seen = 0
 
-    async def receive_at_most() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise too_large
-        return message
 
-    return Request(request.scope, receive_at_most)
+class _UploadClock:
+    """Ends the wait for a request's body ``seconds`` after it began: one timer per request
+    (not one per read), which cancels the read that is waiting when it fires; that read
+    raises the 408."""
+
+    __slots__ = ("expired", "reader", "seconds", "timer")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self.reader: asyncio.Task[Any] | None = None
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self.reader is not None:
+            self.reader.cancel()
+
+    async def receive(self, receive: Callable[[], Awaitable[Message]], seen: int) -> Message:
+        if self.expired:
+            raise self._too_slow(seen)
+        self.reader = reader = asyncio.current_task()
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            if self.expired and reader is not None and _only_ours(reader):
+                raise self._too_slow(seen) from None
+            raise
+        finally:
+            self.reader = None
+
+    def stop(self) -> None:
+        self.timer.cancel()
+
+    def _too_slow(self, seen: int) -> InputError:
+        return InputError(
+            f"the request body did not all arrive within {self.seconds:g} s "
+            f"(upload_timeout); {seen} bytes came",
+            status_code=408,
+            code=ErrorCode.UPLOAD_TIMEOUT,
+        )
+
+
+def _only_ours(task: asyncio.Task[Any]) -> bool:
+    """Withdraw the clock's cancellation of ``task``; whether nothing else cancelled it."""
+    if sys.version_info >= (3, 11):
+        return task.uncancel() == 0
+    return True  # pragma: no cover
 
 
 def _from_http(exc: HTTPException) -> ServingError:

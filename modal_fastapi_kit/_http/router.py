@@ -4,11 +4,20 @@ Routes: ``POST <route>`` (predict), ``GET /healthz`` (liveness), ``GET /readyz``
 The router's lifespan starts and stops the backend, so it works both as the root of an app
 and inside ``app.include_router(router, prefix=...)`` of an app that already exists.
 
+A request model with ``File`` fields also takes a ``multipart/form-data`` body, and the file
+itself as the body when it is the model's only required field (``_http/uploads.py``); a
+service declared ``ModelServer[In, File]`` answers the file's bytes (``_http/file_answer.py``).
+
 What a client sees:
 
 =============================================  =======================================
 validation fails                               422 with field errors (FastAPI's format)
-body over ``max_body_bytes``                   413
+body over ``max_body_bytes``                   413 ``body_too_large``
+body not all there within ``upload_timeout``   408 ``upload_timeout``
+a file over its ``FileLimits(max_bytes=...)``  413 ``file_too_large``
+a body or file of a type the route won't take  415 ``unsupported_media_type``
+a broken multipart body, too many parts        400 ``malformed_upload``
+a file URL refused or not downloadable         422 ``fetch_failed``
 the model cannot handle the input              the ``InputError``'s 4xx and message
 model not loaded / shutting down / stalled     503 with ``Retry-After``
 queue full                                     503 with ``Retry-After``
@@ -21,8 +30,9 @@ a stream fails after its first chunk           ``event: error`` with the request
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,14 +43,19 @@ from pydantic import BaseModel
 from .._backends.base import Backend
 from .._core.spec import RouteNames, ServiceSpec
 from .._core.streams import ItemStream
+from .._file import files_in
 from .._metrics import metrics_for, watch
 from ..exceptions import DeadlineExceeded
 from .auth import ApiKeys, key_dependency
 from .direct import call_directly
 from .errors import REQUEST_ID_HEADER, ErrorBody, failure_response, request_id
+from .file_answer import close_after, file_response
+from .file_openapi import UPLOAD_ERRORS, FileBody, file_answer_responses, upload_docs
 from .health import HealthBody, liveness, readiness, register_service
 from .route import KitRoute, count_requests, limit_body
 from .streaming import SSE_TYPE, StreamResponse, chunk_responses, wants_ndjson
+from .upload_call import take_uploads
+from .uploads import close_files, fetch_urls
 from .waiting import ClientGone, outcomes, wait_for_disconnect
 
 __all__ = [
@@ -145,8 +160,9 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
 
 
 class PredictApi:
-    """The kit's own API: ``POST <route>`` taking the request model, answering the response
-    model (JSON), or its chunks (SSE / NDJSON) for a generator predict."""
+    """The kit's own API: ``POST <route>`` taking the request model (JSON; multipart or the
+    raw file too when it has ``File`` fields), answering the response model (JSON), a file
+    (``ModelServer[In, File]``), or its chunks (SSE / NDJSON) for a generator predict."""
 
     def route_paths(self, spec: ServiceSpec) -> list[str]:
         return [f"POST {spec.config.route}"]
@@ -157,13 +173,8 @@ class PredictApi:
         config = spec.config
         name = f"{config.name}.predict"
         predict = _stream_endpoint(spec, backend) if spec.streaming else _endpoint(spec, backend)
-        # A stream documents its 200 as SSE and NDJSON of the chunk model; FastAPI never writes
-        # the answer itself (the endpoints return a Response), so response_class only says so.
-        streamed: dict[str, Any] = {
-            "response_class": _EventStream,
-            "responses": {**_ERROR_RESPONSES, **chunk_responses(spec.response_model)},
-        }
         prepare_endpoint(predict, spec)
+        take_uploads(predict, spec)
         router.add_api_route(
             config.route,
             predict,
@@ -171,11 +182,29 @@ class PredictApi:
             name=name,
             summary=f"{spec.name}: predict" + (" (streamed)" if spec.streaming else ""),
             tags=[spec.name],
-            response_model=spec.response_model,
             dependencies=dependencies,
-            **(streamed if spec.streaming else {"responses": _ERROR_RESPONSES}),
+            **_documented(spec),
         )
         return RouteNames(exclusive=(name,))
+
+
+def _documented(spec: ServiceSpec) -> dict[str, Any]:
+    """How the predict route is described in OpenAPI: its response model and class, its
+    responses, and the multipart and raw bodies of a file route. FastAPI never writes the
+    answer itself (the endpoints return a Response), so response_class only says what it
+    is."""
+    responses = {**_ERROR_RESPONSES, **(UPLOAD_ERRORS if spec.files else {})}
+    said: dict[str, Any] = {"response_model": spec.response_model, "responses": responses}
+    if spec.streaming:  # its 200 is SSE and NDJSON of the chunk model
+        said["response_class"] = _EventStream
+        responses.update(chunk_responses(spec.response_model))
+    elif spec.answers_file:  # its 200 is the file's bytes
+        said["response_model"] = None
+        said["response_class"] = FileBody
+        responses.update(file_answer_responses())
+    if spec.files:
+        said["openapi_extra"] = upload_docs(spec)
+    return said
 
 
 PREDICT_API = PredictApi()
@@ -183,17 +212,28 @@ PREDICT_API = PredictApi()
 
 def _endpoint(spec: ServiceSpec, backend: Backend) -> Any:
     late = late_error("a result", "request_timeout", spec.config.request_timeout)
+    takes_files = bool(spec.files)
+    fetch = _fetcher(spec)
 
     async def predict(request: Request, item: Any) -> Response:
         rid = request_id(request)
-        deadline = asyncio.get_running_loop().time() + spec.config.request_timeout
         try:
+            if takes_files:
+                await fetch(item)
+            deadline = asyncio.get_running_loop().time() + spec.config.request_timeout
             (result,) = await outcomes(backend, request, [item], deadline, late)
         except ClientGone:
             return Response(status_code=499)  # the client is gone; nobody reads this
         except Exception as exc:
+            if takes_files:
+                _release(item, exc)
             return failure_response(exc, rid)
+        if spec.answers_file:
+            files = [*files_in(item), result.root] if takes_files else [result.root]
+            return close_after(file_response(result.root, rid), files)
         body: bytes = result.__pydantic_serializer__.to_json(result)
+        if takes_files:
+            close_files(files_in(item))
         return Response(body, media_type=_JSON, headers={REQUEST_ID_HEADER: rid})
 
     _annotate(predict, spec.request_model)
@@ -205,22 +245,30 @@ def _stream_endpoint(spec: ServiceSpec, backend: Backend) -> Any:
     config = spec.config
     late = late_error("a first chunk", "first_chunk_timeout", config.first_chunk_seconds)
 
+    takes_files = bool(spec.files)
+    fetch = _fetcher(spec)
+
     async def predict(request: Request, item: Any) -> Response:
         rid = request_id(request)
-        deadline = asyncio.get_running_loop().time() + config.first_chunk_seconds
         try:
+            if takes_files:
+                await fetch(item)
+            deadline = asyncio.get_running_loop().time() + config.first_chunk_seconds
             stream, first = await first_chunk(backend, request, item, deadline, late)
         except ClientGone:
             return Response(status_code=499)
         except Exception as exc:
+            if takes_files:
+                _release(item, exc)
             return failure_response(exc, rid)
-        return StreamResponse(
+        response = StreamResponse(
             stream,
             first,
             request_id=rid,
             chunk_timeout=config.chunk_timeout,
             ndjson=wants_ndjson(request.headers.get("accept")),
         )
+        return close_after(response, files_in(item)) if takes_files else response
 
     _annotate(predict, spec.request_model)
     call_directly(predict, spec.request_model)
@@ -255,14 +303,33 @@ async def first_chunk(
 
 def prepare_endpoint(endpoint: Any, spec: ServiceSpec) -> None:
     """What ``KitRoute`` does around an endpoint of ``spec``'s API: refuse bodies over
-    ``max_body_bytes``, and count each answer in the service's metrics."""
-    limit_body(endpoint, spec.config.max_body_bytes)
+    ``max_body_bytes`` (and, where the request model has ``File`` fields, bodies not all
+    there within ``upload_timeout``), and count each answer in the service's metrics."""
+    # A route that takes files bounds how long its body may take; a JSON route's clock
+    # would cost every request a timer for bodies of a few bytes.
+    upload_timeout = spec.config.upload_timeout if spec.files else None
+    limit_body(endpoint, spec.config.max_body_bytes, upload_timeout)
     count_requests(endpoint, metrics_for(spec) if spec.config.metrics else None)
 
 
 def late_error(what: str, option: str, seconds: float) -> DeadlineExceeded:
     """The error for a request whose deadline ``option`` passed before ``what`` came."""
     return DeadlineExceeded(f"no {what.removeprefix('a ')} within {option}={seconds:g}s")
+
+
+def _fetcher(spec: ServiceSpec) -> Callable[[Any], Awaitable[None]]:
+    """What downloads the files of an item given as URLs, before it is submitted."""
+    config = spec.config
+    return functools.partial(
+        fetch_urls, allow_private=config.allow_private_urls, max_bytes=config.max_body_bytes
+    )
+
+
+def _release(item: Any, error: Exception) -> None:
+    """Close the files of a request that failed, unless the model may still be reading
+    them (a deadline passed while it ran): those go when it lets go of the item."""
+    if not isinstance(error, DeadlineExceeded):
+        close_files(files_in(item))
 
 
 def _annotate(endpoint: Any, request_model: type[BaseModel]) -> None:

@@ -57,9 +57,10 @@ class ChunkStream(Response, ABC):
 
     It owns what every stream needs: the headers (the request id, no caching, no proxy
     buffering), closing ``stream`` when the client disconnects (which stops its generator),
-    the start and each frame as its own write, the end of the body, and a connection that
-    breaks while writing. A subclass says how a chunk and an error are framed; it may also
-    open and close the body (``opening``, ``closing``) and end it early (``done``).
+    the start and each frame as its own write, the end of the body, a connection that
+    breaks while writing, and its ``background`` task once the stream is over. A subclass
+    says how a chunk and an error are framed; it may also open and close the body
+    (``opening``, ``closing``) and end it early (``done``).
 
     No ``Response.__init__``: it renders an empty body and declares ``Content-Length: 0``.
     The attributes it would set (``status_code``, ``media_type``, ``background``,
@@ -123,6 +124,8 @@ class ChunkStream(Response, ABC):
         finally:
             watcher.cancel()
             stream.close()
+            if self.background is not None:  # after the stream, as Response runs it
+                await self.background()
 
     async def _write(self, send: Send, watcher: asyncio.Task[None]) -> bytes:
         """Write every frame but the last, and return the last."""
