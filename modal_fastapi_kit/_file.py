@@ -137,12 +137,26 @@ class FileLimits:
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return File.core_schema(self)
+        shape = _file_shape(source, ())
+        if shape is None:
+            raise TypeError(
+                f"FileLimits annotates a File field (File, File | None or list[File]), not "
+                f"{source!r}"
+            )
+        schema = File.core_schema(self)
+        if shape[0]:
+            schema = core_schema.list_schema(schema)
+        if _optional(source):
+            schema = core_schema.nullable_schema(schema)
+        return schema
 
     def __get_pydantic_json_schema__(
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        return file_json_schema(self)
+        one = file_json_schema(self)
+        shape = schema.get("schema", schema) if schema["type"] == "nullable" else schema
+        many: JsonSchemaValue = {"type": "array", "items": one} if shape["type"] == "list" else one
+        return {"anyOf": [many, {"type": "null"}]} if schema["type"] == "nullable" else many
 
 
 NO_LIMITS = FileLimits()
@@ -604,6 +618,12 @@ def _serialize(file: File, info: core_schema.SerializationInfo) -> Any:
     if file.url is not None:
         return file.url
     return file.data_uri()
+
+
+def _optional(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(
+        None
+    ) in typing.get_args(annotation)
 
 
 def _file_shape(annotation: Any, metadata: tuple[Any, ...]) -> tuple[bool, FileLimits] | None:

@@ -213,3 +213,31 @@ def test_files_pickle_as_their_bytes_and_compare_by_content():
     assert File(PNG, content_type="image/png") != File(PNG, content_type="image/gif")
     with pytest.raises(TypeError, match=r"File\.from_path"):
         File("a string")  # type: ignore[arg-type]
+
+
+def test_limits_around_a_list_or_an_optional_apply_to_each_file():
+    limits = FileLimits(max_bytes=5, content_types=("image/*",))
+
+    class Pages(BaseModel):
+        pages: Annotated[list[File], limits] = []
+        cover: Annotated[File | None, limits] = None
+
+    fields = {f.name: f for f in file_fields(Pages)}
+    assert fields["pages"].many and fields["pages"].limits == limits
+    assert Pages(cover=None).cover is None
+    assert Pages(pages=[File(b"ok", content_type="image/png")]).pages[0].read() == b"ok"
+    with pytest.raises(InputError, match="over its limit of 5"):
+        Pages(pages=[File(b"0123456789", content_type="image/png")])
+    schema = Pages.model_json_schema()["properties"]
+    assert (
+        schema["pages"]["type"] == "array"
+        and "at most 5" in schema["pages"]["items"]["description"]
+    )
+    assert {"type": "null"} in schema["cover"]["anyOf"]
+
+
+def test_limits_on_a_field_that_is_not_a_file_are_refused():
+    with pytest.raises(TypeError, match="FileLimits annotates a File field"):
+
+        class Wrong(BaseModel):
+            count: Annotated[int, FileLimits(max_bytes=1)]
