@@ -30,6 +30,10 @@ option) with some hooks replaced, so a test needs no weights::
 
     def test_embeds(embedder):
         assert embedder.predict(EmbedIn(text="abc")).embedding == [3.0]
+
+A service with ``File`` fields, or one that answers a file, is tested the same way: the
+typed client sends the files as ``multipart/form-data`` and a file answer comes back as a
+``File``.
 """
 
 from __future__ import annotations

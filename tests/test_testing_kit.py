@@ -1,5 +1,6 @@
-"""modal_fastapi_kit.testing: serve / aserve wait for the model, fake keeps the config, and
-every test block of docs/testing.md passes as a pytest file of its own."""
+"""modal_fastapi_kit.testing: serve / aserve wait for the model, fake keeps the config, files
+go through them as through a server, and every test block of docs/testing.md passes as a
+pytest file of its own."""
 
 from __future__ import annotations
 
@@ -10,14 +11,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Annotated, Any
 
 import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from modal_fastapi_kit import InputError, ModelServer, gpu_service
+from modal_fastapi_kit import File, FileLimits, InputError, ModelServer, gpu_service
 from modal_fastapi_kit._core.spec import service_spec
-from modal_fastapi_kit.exceptions import ConfigError, LoadFailed, NotReadyError, Unauthorized
+from modal_fastapi_kit.exceptions import (
+    ConfigError,
+    ErrorCode,
+    LoadFailed,
+    NotReadyError,
+    Unauthorized,
+)
 from modal_fastapi_kit.testing import aserve, fake, serve
 
 from ._servers import ROOT
@@ -289,3 +297,77 @@ async def test_aserve_raises_what_the_app_raises_at_startup():
     with pytest.raises(ConfigError, match=r"both answer /ml/double"):
         async with aserve(app, readyz="/ml/readyz"):
             pass
+
+
+# --- files: a File input goes as multipart, a file answer comes back as a File ---
+
+
+class Photo(BaseModel):
+    image: Annotated[File, FileLimits(content_types=("image/*",), max_bytes=4096)]
+    caption: str
+
+
+class Piece(BaseModel):
+    size: int
+    caption: str
+
+
+@gpu_service(name="flip", route="/flip")
+class Flip(ModelServer[Photo, File]):
+    def predict(self, item: Photo) -> File:
+        data = item.image.read()[::-1]
+        return File(data, content_type=item.image.content_type, filename=f"{item.caption}.png")
+
+
+@gpu_service(name="pieces", route="/pieces")
+class Pieces(ModelServer[Photo, Piece]):
+    def predict(self, item: Photo) -> Iterator[Piece]:
+        for piece in item.image.chunks(100):
+            yield Piece(size=len(piece), caption=item.caption)
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(250))
+
+
+def photo(data: bytes = PNG, content_type: str = "image/png") -> Photo:
+    return Photo(image=File(data, content_type=content_type, filename="in.png"), caption="é x")
+
+
+def test_serve_a_file_service_through_the_typed_client():
+    with serve(Flip) as http, Flip.client(http_client=http) as client:
+        flipped = client.predict(photo())
+        assert type(flipped) is File
+        assert (flipped.read(), flipped.content_type, flipped.filename) == (
+            PNG[::-1],
+            "image/png",
+            "é x.png",
+        )
+        with pytest.raises(InputError) as big:  # the service's own 413, by its code
+            client.predict(
+                Photo.model_construct(
+                    image=File(b"x" * 5000, content_type="image/png"), caption="c"
+                )
+            )
+        assert (big.value.code, big.value.status_code) == (ErrorCode.FILE_TOO_LARGE, 413)
+        assert big.value.request_id is not None
+
+
+async def test_aserve_a_file_service_and_a_stream_with_a_file_input():
+    async with aserve(Flip) as http, Flip.async_client(http_client=http) as client:
+        reply = await client.predict_reply(photo(), request_id="r-file")
+        assert (reply.value.read(), reply.request_id) == (PNG[::-1], "r-file")
+    async with aserve(Pieces) as http, Pieces.async_client(http_client=http) as client:
+        async with client.stream(photo()) as pieces:
+            got = [p async for p in pieces]
+        assert got == [Piece(size=n, caption="é x") for n in (100, 100, 58)]
+
+
+def test_fake_a_file_service():
+    def fake_predict(self: Any, item: Photo) -> File:
+        return File(b"fake " + item.caption.encode(), content_type="text/plain")
+
+    faked = fake(Flip, predict=fake_predict)
+    assert service_spec(faked).answers_file
+    with serve(faked) as http, faked.client(http_client=http) as client:
+        got = client.predict({"image": File(PNG, content_type="image/png"), "caption": "c"})
+        assert (got.read(), got.content_type, got.filename) == (b"fake c", "text/plain", None)
