@@ -100,7 +100,10 @@ def test_it_runs_on_uvloop_and_logs_each_request_as_json():
     # milliseconds, and are parts of the request's time, itself part of what the client waited.
     queue_ms, model_ms, ms = record["queue_ms"], record["model_ms"], record["ms"]
     assert min(queue_ms, model_ms) >= 0
-    assert queue_ms + model_ms <= ms + 0.02 <= waited_ms + 0.02  # each is rounded to 0.01 ms
+    # Each is rounded to 0.01 ms; the queue and model times are read from the event loop's
+    # clock, which uvloop keeps in whole milliseconds, so each may be up to 1 ms over.
+    assert queue_ms + model_ms <= ms + 2.02
+    assert ms <= waited_ms + 0.02
 
 
 def test_a_thousand_half_sent_requests_leave_healthz_answering():
