@@ -63,14 +63,14 @@ class InferenceThread:
                 continue
             self.busy_since = time.monotonic()
             try:
-                result = fn(*args)
+                result, error = fn(*args), None
             except BaseException as exc:  # handed to the caller, whatever it is
-                _answer(loop, future, None, exc)
-            else:
-                _answer(loop, future, result, None)
-            finally:
-                self.busy_since = None
-            del job, fn, args, future  # drop references to results before waiting again
+                result, error = None, exc
+            # Not busy before the caller hears the answer: a caller that stops the service
+            # right after it must not find the thread still "busy" in a call that returned.
+            self.busy_since = None
+            _answer(loop, future, result, error)
+            del job, fn, args, future, result, error  # drop references before waiting again
 
 
 def _answer(
