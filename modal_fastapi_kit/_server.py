@@ -3,7 +3,9 @@
 A subclass names its request and response pydantic models as type parameters
 (``ModelServer[EmbedIn, EmbedOut]``) and implements ``load`` plus ``predict`` (one item) or
 ``predict_batch`` (a list of items, same order back). Every hook may be sync or async, and a
-predict hook may be a generator (``yield``) to stream its answer.
+predict hook may be a generator (``yield``) to stream its answer. A streaming service whose
+requests should join a batch that is already generating defines ``join``, ``step`` and
+``leave`` instead (the joining form).
 """
 
 from __future__ import annotations
@@ -54,11 +56,25 @@ class ModelServer(Generic[RequestT, ResponseT]):
     - As generators (``yield``), sync or async, they stream: ``predict`` yields the chunks of
       one answer (each a response model); ``predict_batch`` yields per step one list with, per
       item, a chunk, ``None`` (nothing this step), ``END`` (that item is done) or an exception.
+      Such a batch is formed once and holds the model until its last stream ends; requests
+      that arrive meanwhile wait for a batch of their own.
+    - The joining form, for streams that join a running batch (continuous batching): the kit
+      runs the loop and calls, one at a time, ``join(items)`` (``items`` maps a key, an int
+      the kit chose, to a request: add them to the batch's state, e.g. prefill their prompts
+      into a KV cache; answer ``None`` or a dict from key to a first outcome),
+      ``step() -> {key: outcome}`` (one step for every item joined and not left; an outcome
+      is a chunk, ``None`` or no entry for nothing, ``END`` when the item is done, or an
+      exception that fails that item alone) and ``leave(keys)`` (forget these items: they
+      ended, failed, or their client left; every key is left once). Between two steps the
+      items that ended leave and queued ones join, up to ``max_batch_size``, so a request's
+      first chunk waits for at most the step in progress, not for the others to finish. A
+      ``join`` or ``step`` that raises fails the items it was called for.
     - ``health() -> bool``: ``False`` makes ``/readyz`` answer 503. Keep it cheap.
     - ``unload()``: release resources at shutdown, after in-flight work drained.
 
     Sync hooks run on the service's one inference thread, so the model is never called from
     two threads at once; async hooks run on the event loop (on Modal: the container's loop).
+    ``join``, ``step`` and ``leave`` are all sync or all async.
     """
 
     request_model: ClassVar[type[BaseModel]]
@@ -108,8 +124,9 @@ class ModelServer(Generic[RequestT, ResponseT]):
         setattr(self, WEIGHTS_PATH_ATTR, path)
         return path
 
-    # ``predict`` and ``predict_batch`` are deliberately not defined here: a subclass defines
-    # the one it needs, and ``@gpu_service`` checks that at least one exists.
+    # ``predict``, ``predict_batch`` and ``join`` / ``step`` / ``leave`` are deliberately not
+    # defined here: a subclass defines the form it needs, and ``@gpu_service`` checks that it
+    # defines one.
 
     @classmethod
     def service_config(cls) -> ServiceConfig:

@@ -19,6 +19,10 @@ Batch-forming policy:
   at once and is never computed.
 - A streaming batch hands out each item's stream when its generator opens and keeps its
   run slot until the generator is done with the model.
+- ``JoiningBatcher`` (streams that join a running batch): there is one batch, always
+  running while it holds items; between two of its steps the items that ended leave it and
+  queued items join it, up to ``max_batch_size``. ``wait_ms`` does not apply: an item that
+  arrives while the batch is busy joins at the next step boundary.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..exceptions import (
     DeadlineExceeded,
@@ -41,7 +45,7 @@ from ..exceptions import (
 from .recorder import NO_RECORDER, Recorder, Trace
 from .streams import ItemStream, StreamBatch
 
-__all__ = ["Batcher", "RunBatch"]
+__all__ = ["Batcher", "JoiningBatcher", "RunBatch", "Steps"]
 
 logger = logging.getLogger("modal_fastapi_kit")
 
@@ -235,10 +239,11 @@ class Batcher(Generic[In]):
             finally:
                 timer.cancel()
 
-    def _take(self, now: float) -> list[_Pending[In]]:
+    def _take(self, now: float, limit: int | None = None) -> list[_Pending[In]]:
         batch: list[_Pending[In]] = []
         queue = self._queue
-        while queue and len(batch) < self.max_batch_size:
+        most = self.max_batch_size if limit is None else limit
+        while queue and len(batch) < most:
             pending = queue.popleft()
             if not pending.queued:
                 continue  # withdrawn: the client left or gave up
@@ -304,6 +309,94 @@ class Batcher(Generic[In]):
         for pending in batch:
             if pending.trace is not None:
                 pending.trace.ran(len(batch), seconds)
+
+
+class Steps(Protocol):
+    """A running batch that items join between its steps (``_core.joining.StepLoop``)."""
+
+    @property
+    def active(self) -> int:
+        """Items holding a slot now."""
+        ...
+
+    async def join(self, items: list[Any]) -> Sequence[ItemStream]:
+        """Add ``items``; one stream each, in order."""
+        ...
+
+    async def step(self) -> None:
+        """Leave the items that ended, then one step for the rest (none: no model call)."""
+        ...
+
+    def fail(self, error: ServingError) -> None:
+        """End every item's stream with ``error``."""
+        ...
+
+
+async def _no_batches(items: list[Any]) -> list[Any]:
+    raise RuntimeError("a JoiningBatcher runs no whole batches")  # pragma: no cover
+
+
+class JoiningBatcher(Batcher[In]):
+    """Queue items and admit them into ``steps``, a batch that runs step after step.
+
+    Before each step the queued items join (oldest first) while the batch holds fewer than
+    ``max_batch_size`` items; an item whose stream ended, failed or lost its reader leaves
+    at the same boundary and frees its slot for the next one. Queue waits and deadlines are
+    the same as for whole batches; the recorder hears each step's size from ``steps``.
+    """
+
+    def __init__(
+        self,
+        steps: Steps,
+        *,
+        max_batch_size: int,
+        max_queue_size: int,
+        recorder: Recorder = NO_RECORDER,
+    ) -> None:
+        super().__init__(
+            _no_batches,
+            max_batch_size=max_batch_size,
+            wait_ms=0,
+            max_queue_size=max_queue_size,
+            recorder=recorder,
+        )
+        self.steps = steps
+
+    async def _work(self) -> None:
+        steps = self.steps
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                free = self.max_batch_size - steps.active
+                if self._live and free > 0:
+                    batch = self._take(loop.time(), free)
+                    if batch:
+                        await self._join(batch)
+                await steps.step()
+                if steps.active or self._live:
+                    continue
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        except asyncio.CancelledError:  # stop() gave up waiting for the running streams
+            steps.fail(NotReadyError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN))
+            raise
+
+    async def _join(self, batch: list[_Pending[In]]) -> None:
+        began = time.perf_counter()
+        try:
+            streams = await self.steps.join([p.item for p in batch])
+        except asyncio.CancelledError:
+            error = NotReadyError("the server is shutting down", code=ErrorCode.SHUTTING_DOWN)
+            _deliver(batch, [error] * len(batch))
+            raise
+        seconds, beside = time.perf_counter() - began, self.steps.active
+        for pending in batch:
+            if pending.trace is not None:
+                pending.trace.ran(beside, seconds)
+        self.batches_run += 1
+        _deliver(batch, streams)
 
 
 def _left(loop: asyncio.AbstractEventLoop, ends: float | None) -> float | None:

@@ -9,7 +9,8 @@ the split topology, the colocated container), its hooks go through a ``ModelRunt
   (parallel imports of transformers race); ``unload`` and ``health`` when asked;
 - ``run_batch`` answers one outcome per item (``outcomes``), finding the failing items of a
   batch that raised and fitting a batch that ran out of GPU memory (``isolation``,
-  ``memory``); ``open_streams`` hands generator output to item streams (``pump``); every
+  ``memory``); ``open_streams`` hands generator output to item streams (``pump``);
+  ``steps`` runs a joining service's ``join`` / ``step`` / ``leave`` (``joining``); every
   model call is watched for stalls (``watchdog``).
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 
 from ..exceptions import ModelStalled, ServingError
 from .isolation import Blame, Failure, settle
+from .joining import StepLoop
 from .memory import BatchCap, free_cache, out_of_memory
 from .outcomes import CountMismatch, Outcome, Outcomes
 from .pump import StreamPump
@@ -83,6 +85,17 @@ class ModelRuntime:
         self.batch_cap = BatchCap(spec.hook_label, spec.config.max_batch_size)
         self.batch_cap.add_listener(self._report_cap)
         self._pump = StreamPump(spec.predict, self.outcomes, self.watchdog, self.thread)
+        # A joining service's running batch (join / step / leave); None for the other forms.
+        self.steps = (
+            StepLoop(
+                lambda: self.instance,
+                self.outcomes,
+                self.watchdog,
+                on_out_of_memory=self.batch_cap.ran_out,
+            )
+            if spec.predict.joining
+            else None
+        )
         self.recorder = recorder
 
     @property
@@ -92,6 +105,8 @@ class ModelRuntime:
     @recorder.setter
     def recorder(self, recorder: Recorder) -> None:
         self._recorder = self._pump.recorder = recorder
+        if self.steps is not None:
+            self.steps.recorder = recorder
         recorder.batch_cap(self.batch_cap.size)
         for phase, seconds in self.phase_seconds.items():  # loaded before it was given
             recorder.loaded(phase, seconds)

@@ -19,6 +19,7 @@ from ..exceptions import ConfigError
 
 __all__ = [
     "API_ATTR",
+    "JOINING_HOOKS",
     "LIFECYCLE_HOOKS",
     "SPEC_ATTR",
     "Api",
@@ -59,21 +60,30 @@ class Api(Protocol):
         ...
 
 
+# The hooks of a service whose streams join a running batch (the kit owns the step loop).
+JOINING_HOOKS = ("join", "step", "leave")
+
+
 @dataclass(frozen=True, slots=True)
 class PredictHook:
     """Which predict hook the class defines, and its kind.
 
     ``name`` is ``"predict_batch"`` (``batch=True``) or ``"predict"``; ``asynchronous`` for
-    ``async def``; ``streaming`` for a generator (``yield``), sync or async.
+    ``async def``; ``streaming`` for a generator (``yield``), sync or async. A class that
+    defines ``join``, ``step`` and ``leave`` streams in the joining form (``joining=True``,
+    ``name="step"``): the kit runs the step loop and items join it between steps.
     """
 
     name: str
     batch: bool
     asynchronous: bool
     streaming: bool
+    joining: bool = False
 
     @classmethod
     def of(cls, server_cls: type) -> PredictHook:
+        if callable(getattr(server_cls, "step", None)):
+            return cls._joining(server_cls)
         name = (
             "predict_batch" if callable(getattr(server_cls, "predict_batch", None)) else "predict"
         )
@@ -83,6 +93,43 @@ class PredictHook:
             batch=name == "predict_batch",
             asynchronous=inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
             streaming=inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn),
+        )
+
+    @classmethod
+    def _joining(cls, server_cls: type) -> PredictHook:
+        name = server_cls.__qualname__
+        missing = [h for h in JOINING_HOOKS if not callable(getattr(server_cls, h, None))]
+        if missing:
+            raise ConfigError(
+                f"{name} defines step but not {' or '.join(missing)}: a service whose streams "
+                "join a running batch defines all three of 'def join(self, items)', "
+                "'def step(self)' and 'def leave(self, keys)'"
+            )
+        kinds = {h: inspect.iscoroutinefunction(getattr(server_cls, h)) for h in JOINING_HOOKS}
+        generators = [
+            h
+            for h in JOINING_HOOKS
+            if inspect.isgeneratorfunction(getattr(server_cls, h))
+            or inspect.isasyncgenfunction(getattr(server_cls, h))
+        ]
+        if generators:
+            raise ConfigError(
+                f"{name}.{generators[0]} is a generator: join, step and leave return (step "
+                "returns one outcome per item for this step); the kit calls step again"
+            )
+        if len(set(kinds.values())) > 1:
+            sync = [h for h, is_async in kinds.items() if not is_async]
+            raise ConfigError(
+                f"{name}: join, step and leave must all be async or all sync; "
+                f"{', '.join(sync)} {'is' if len(sync) == 1 else 'are'} sync: make "
+                f"{'it' if len(sync) == 1 else 'them'} 'async def' too, or none of them"
+            )
+        return cls(
+            name="step",
+            batch=True,
+            asynchronous=kinds["step"],
+            streaming=True,
+            joining=True,
         )
 
 
