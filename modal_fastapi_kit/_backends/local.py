@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from .._core.batcher import Batcher
+from .._core.batcher import Batcher, JoiningBatcher
 from .._core.recorder import NO_RECORDER, Recorder, Trace
 from .._core.runtime import ModelRuntime
 from .._core.spec import ServiceSpec
@@ -118,6 +118,28 @@ class LocalBackend:
         self._serve()
 
     def _serve(self) -> None:
+        config = self.config
+        if self.runtime.steps is not None:  # streams join one running batch between steps
+            if config.max_batch_size == 1:
+                logger.warning(
+                    "%s defines join, step and leave with max_batch_size=1: one stream at a "
+                    "time, each to its end; set max_batch_size to the most streams the model "
+                    "decodes together",
+                    self.spec.name,
+                )
+            self._batcher = JoiningBatcher(
+                self.runtime.steps,
+                max_batch_size=config.max_batch_size,
+                max_queue_size=config.max_queue_size,
+                recorder=self.recorder,
+            )
+        else:
+            self._batcher = self._batches()
+        self._batcher.start()
+        self.runtime.add_stall_listener(self._on_stall)
+        self.runtime.add_cap_listener(self._batcher.lower_cap)
+
+    def _batches(self) -> Batcher[Any]:
         spec, config = self.spec, self.config
         if spec.streaming:
 
@@ -131,7 +153,7 @@ class LocalBackend:
         in_flight = max(1, config.max_concurrent_inputs // config.max_batch_size)
         if not (spec.streaming or spec.predict.asynchronous):
             in_flight = 1
-        self._batcher = Batcher(
+        return Batcher(
             run,
             max_batch_size=config.max_batch_size,
             wait_ms=config.wait_ms,
@@ -139,9 +161,6 @@ class LocalBackend:
             max_in_flight=in_flight,
             recorder=self.recorder,
         )
-        self._batcher.start()
-        self.runtime.add_stall_listener(self._on_stall)
-        self.runtime.add_cap_listener(self._batcher.lower_cap)
 
     def _on_stall(self, error: ModelStalled) -> None:
         if self._batcher is not None:
