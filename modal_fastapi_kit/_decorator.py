@@ -72,12 +72,15 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
 
 def check_predict(cls: type, config: ServiceConfig) -> None:
     """Refuse a class with no predict hook, or only ``predict`` where batches are asked for."""
+    if callable(getattr(cls, "step", None)):
+        return  # the joining form (join, step, leave): ``PredictHook.of`` checks it
     has_single = callable(getattr(cls, "predict", None))
     has_batch = callable(getattr(cls, "predict_batch", None))
     if not (has_single or has_batch):
         raise ConfigError(
             f"{cls.__qualname__} defines neither predict nor predict_batch: add "
-            "'def predict(self, item)' or 'def predict_batch(self, items)'"
+            "'def predict(self, item)' or 'def predict_batch(self, items)' (or join, step "
+            "and leave, for streams that join a running batch)"
         )
     if config.batched and not has_batch:
         raise ConfigError(
