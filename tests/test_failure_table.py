@@ -4,6 +4,8 @@
 - split: the web tier's router on the Modal backend, calling the GPU class's ``mfk_predict``
   inside a container run by Modal's own lifecycle code (envelopes across the wire);
 - colocated: the GPU class's own ``mfk_web`` app, in such a container.
+
+Streams are checked in both their forms: a generator, and ``join`` / ``step`` / ``leave``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from modal_fastapi_kit import InputError, ModelServer, gpu_service
+from modal_fastapi_kit import END, InputError, ModelServer, gpu_service
 
 from ._servers import ThreadedServer, wait_ready
 from .modal_container import ModalContainer
@@ -175,6 +177,53 @@ class ColocatedStream(StreamModel):
     pass
 
 
+class JoiningStreamModel(ModelServer[Case, Piece]):
+    """``StreamModel`` in the joining form: the kit steps every case in the batch at once."""
+
+    def load(self) -> None:
+        self.cases: dict[int, Case] = {}
+        self.steps: dict[int, int] = {}
+
+    def join(self, items: dict[int, Case]) -> dict[int, Piece]:
+        self.cases.update(items)
+        self.steps.update(dict.fromkeys(items, 0))
+        return {key: Piece(n=1) for key in items}
+
+    def step(self) -> dict[int, object]:
+        answers: dict[int, object] = {}
+        for key, case in self.cases.items():
+            self.steps[key] += 1
+            if self.steps[key] > 1:
+                answers[key] = END
+            elif case.mode == "raise":
+                answers[key] = RuntimeError("secret: the stream broke")
+            elif case.mode == "refuse":
+                answers[key] = InputError("the second piece of this case is refused")
+            else:
+                answers[key] = Piece(n=2)
+        return answers
+
+    def leave(self, keys: list[int]) -> None:
+        for key in keys:
+            del self.cases[key], self.steps[key]
+
+
+@gpu_service(name="joining-split", route="/case", request_timeout=10, max_batch_size=4)
+class SplitJoining(JoiningStreamModel):
+    pass
+
+
+@gpu_service(
+    name="joining-colocated",
+    topology="colocated",
+    route="/case",
+    request_timeout=10,
+    max_batch_size=4,
+)
+class ColocatedJoining(JoiningStreamModel):
+    pass
+
+
 # (request, what the stream ends with): chunks, then the end or an error event with its code.
 STREAM_TABLE = [
     ({"mode": "ok"}, None),
@@ -185,8 +234,15 @@ STREAM_TABLE = [
 
 @pytest.mark.parametrize(
     ("path", "server_cls"),
-    [(local, SplitStream), (split, SplitStream), (colocated, ColocatedStream)],
-    ids=["local", "split", "colocated"],
+    [
+        (local, SplitStream),
+        (split, SplitStream),
+        (colocated, ColocatedStream),
+        (local, SplitJoining),
+        (split, SplitJoining),
+        (colocated, ColocatedJoining),
+    ],
+    ids=["local", "split", "colocated", "local-joining", "split-joining", "colocated-joining"],
 )
 def test_every_path_ends_a_failed_stream_with_the_same_coded_error_event(path, server_cls):
     with path(server_cls) as (ask, _):
