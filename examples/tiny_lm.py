@@ -11,6 +11,10 @@ thread, and saves both with ``save_pretrained``. Nothing is downloaded. The file
 to a temporary sibling and renamed into place, so concurrent builders are safe. The tokenizer
 has a chat template over ``<|system|>``, ``<|user|>``, ``<|assistant|>`` and ``<|end|>``
 (the eos); ``greedy_tokens`` streams with a KV cache and ``reference_text`` uses ``generate``.
+``StepBatch`` decodes many sequences on one KV cache, one token each per step, sequences
+joining and leaving between steps (continuous batching), and ``Sequence`` is one of them: its
+token choice, budget and text pieces. Both work for a causal LM of transformers whose cache is
+the plain ``DynamicCache``.
 
 torch, transformers and tokenizers are imported inside the functions: importing this module
 stays cheap.
@@ -404,6 +408,183 @@ def _sample(logits: Any, top_p: float | None, generator: Any) -> int:
         ordered[outside] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, ordered)
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+class Sequence:
+    """One sequence being continued: picks each next token (greedy, or sampled as
+    ``sample_ids`` does), spends a budget of ``max_new_tokens``, stops before eos, and turns
+    the tokens into text pieces (``PieceDecoder``)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        max_new_tokens: int,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        import torch
+
+        eos = model.generation_config.eos_token_id
+        self.stop = set(eos if isinstance(eos, list) else [eos])
+        self.budget = max_new_tokens
+        self.decoder = PieceDecoder(tokenizer)
+        self.temperature = temperature if temperature is not None and temperature > 0 else None
+        self.top_p = top_p
+        self.generator = torch.Generator(device=model.device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.token = -1  # the last token taken: the input of this sequence's next step
+        self.tokens = 0  # taken so far
+        self.pieces = 0  # non-empty pieces answered so far
+        self.done = False  # eos, or the budget spent: no more steps
+
+    def next(self, logits: Any = None) -> str | None:
+        """The text of the token ``logits`` pick ("" while a character is incomplete); once
+        ``done`` (then ``logits`` is not needed), what the decoder held back, and ``None`` when
+        nothing is left: the sequence has ended."""
+        if not self.done:
+            if self.temperature is not None:
+                token = _sample(logits / self.temperature, self.top_p, self.generator)
+            else:
+                token = int(logits.argmax())
+            if token not in self.stop:
+                self.token, self.tokens = token, self.tokens + 1
+                self.done = self.tokens >= self.budget
+                return self._piece(self.decoder.push(token))
+            self.done = True
+        return self._piece(self.decoder.finish()) or None
+
+    def _piece(self, text: str) -> str:
+        self.pieces += bool(text)
+        return text
+
+
+class StepBatch:
+    """Sequences decoded together, one token each per ``step``, that join and leave between
+    steps (continuous batching on a KV cache).
+
+    Each sequence is a row of one KV cache, its tokens aligned to the right and padded on the
+    left (masked out), so every row's next position is the same column. ``add`` runs the
+    newcomers' prompts through the model (prefill) and puts their rows beside the running
+    ones, padding whichever is shorter; ``drop`` removes rows and the padding no row needs any
+    more; a ``step`` appends to the cache in place. Rows are keyed by whatever the caller uses
+    (the kit's item keys). Greedy output is the same as ``model.generate(do_sample=False)``
+    for each sequence alone.
+    """
+
+    def __init__(self, model: PreTrainedModel, pad_token_id: int) -> None:
+        self.model = model
+        self.pad = pad_token_id
+        self.cache_arg = cache_argument(model)
+        self.keys: list[Any] = []  # row order
+        self.cache: Any = None  # the model's KV cache: [rows, heads, T, d] per layer
+        self.mask: Any = None  # [rows, T]: 1 where a real token is
+
+    def add(self, prompts: dict[Any, list[int]]) -> dict[Any, Any]:
+        """Prefill ``prompts`` (token ids by key) and add their rows; each one's next-token
+        logits."""
+        import torch
+
+        if not prompts:
+            return {}
+        device = self.model.device
+        width = max(len(ids) for ids in prompts.values())
+        ids = torch.tensor([[self.pad] * (width - len(i)) + i for i in prompts.values()])
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in prompts.values()])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        mask = mask.to(device)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids.to(device),
+                attention_mask=mask,
+                position_ids=positions.to(device),
+                use_cache=True,
+            )
+        if self.keys:  # beside the running rows, the shorter side padded on the left
+            span = max(self.mask.shape[1], width)
+            layers = [
+                (torch.cat([_left_pad(k, span), _left_pad(nk, span)]),
+                 torch.cat([_left_pad(v, span), _left_pad(nv, span)]))
+                for (k, v), (nk, nv) in zip(
+                    _cache_tensors(self.cache), _cache_tensors(out[self.cache_arg]), strict=True
+                )
+            ]  # fmt: skip
+            self.cache = _cache_of(layers)
+            self.mask = torch.cat([_left_pad(self.mask, span), _left_pad(mask, span)])
+        else:
+            self.cache, self.mask = out[self.cache_arg], mask
+        self.keys += list(prompts)
+        return dict(zip(prompts, out.logits[:, -1], strict=True))
+
+    def step(self, tokens: dict[Any, int]) -> dict[Any, Any]:
+        """Feed each keyed row its token; the next-token logits of those rows. Rows without
+        a token (ended, not dropped yet) take a masked-out pad."""
+        import torch
+
+        device = self.model.device
+        fed = torch.tensor([[tokens.get(key, self.pad)] for key in self.keys], device=device)
+        real = torch.tensor([[int(key in tokens)] for key in self.keys], device=device)
+        positions = self.mask.sum(-1, keepdim=True)
+        mask = torch.cat([self.mask, real], dim=-1)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=fed,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{self.cache_arg: self.cache},
+            )
+        self.cache, self.mask = out[self.cache_arg], mask
+        logits = out.logits[:, -1]
+        return {key: logits[row] for row, key in enumerate(self.keys) if key in tokens}
+
+    def drop(self, keys: Iterable[Any]) -> None:
+        """Remove these rows (keys not in the batch are ignored)."""
+        gone = set(keys)
+        keep = [row for row, key in enumerate(self.keys) if key not in gone]
+        if len(keep) == len(self.keys):
+            return
+        self.keys = [self.keys[row] for row in keep]
+        if not keep:
+            self.cache, self.mask = None, None
+            return
+        mask = self.mask[keep]
+        start = int(mask.any(0).int().argmax())  # the first column a remaining row uses
+        self.mask = mask[:, start:]
+        self.cache = _cache_of(
+            [(k[keep, :, start:], v[keep, :, start:]) for k, v in _cache_tensors(self.cache)]
+        )
+
+
+def _left_pad(tensor: Any, width: int) -> Any:
+    """``tensor`` ([rows, T] or [rows, heads, T, d]) padded with zeros on the left of T."""
+    import torch.nn.functional as F
+
+    short = width - (tensor.shape[1] if tensor.dim() == 2 else tensor.shape[2])
+    if short == 0:
+        return tensor
+    return F.pad(tensor, (short, 0) if tensor.dim() == 2 else (0, 0, short, 0))
+
+
+def _cache_tensors(cache: Any) -> list[tuple[Any, Any]]:
+    """A model's KV cache as (keys, values) per layer, whatever its transformers version."""
+    if isinstance(cache, tuple | list):
+        return [(layer[0], layer[1]) for layer in cache]
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
+
+
+def _cache_of(layers: list[tuple[Any, Any]]) -> Any:
+    """A ``DynamicCache`` holding ``layers`` (transformers 4.x and 5.x)."""
+    from transformers import DynamicCache
+
+    if "ddp_cache_data" in inspect.signature(DynamicCache.__init__).parameters:
+        return DynamicCache(ddp_cache_data=layers)
+    return DynamicCache.from_legacy_cache(tuple(layers))
 
 
 def greedy_ids(

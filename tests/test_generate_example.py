@@ -1,10 +1,12 @@
 """examples/generate.py: a real (tiny, offline) causal LM streaming greedy text, served with
-``mfk serve`` over real HTTP, and as a Modal container runs it."""
+``mfk serve`` over real HTTP, and as a Modal container runs it; requests join the running batch
+between its steps, and each one's text is still ``generate()``'s for its prompt."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from examples.generate import GenerateIn, Generator, Piece
+from modal_fastapi_kit import ModelServer, gpu_service
 
 from ._servers import BIN, ROOT, free_port, no_modal_credentials, running, wait_ready
 
@@ -27,6 +33,8 @@ PROMPTS = [
     ("x", 20),
     ("A ship", 1),
 ]
+# Prompts the tiny model continues for all of 200 tokens (no eos before): the long streams.
+LONG = [("the", 200), ("them lit", 200), ("the narrow only", 200), ("trimmed it pages on", 200)]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,8 @@ def reference(model_dir: Path) -> dict[tuple[str, int], str]:
 
     model, tokenizer = tiny_lm.load(model_dir)
     return {
-        (prompt, n): tiny_lm.reference_text(model, tokenizer, prompt, n) for prompt, n in PROMPTS
+        (prompt, n): tiny_lm.reference_text(model, tokenizer, prompt, n)
+        for prompt, n in PROMPTS + LONG
     }
 
 
@@ -60,6 +69,52 @@ def served(model_dir: Path) -> Iterator[str]:
 
 def pieces(body: str) -> list[dict[str, object]]:
     return [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+
+
+def steps_above(base: str, size: int, service: str = "generate-api") -> float:
+    """How many model steps so far held more than ``size`` streams (``mfk_batch_size``)."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    samples = {
+        (s.name, s.labels.get("le")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("service") == service
+    }
+    bounds = sorted(
+        float(le) for name, le in samples if name == "mfk_batch_size_bucket" and le != "+Inf"
+    )
+    below = max(b for b in bounds if b <= size)
+    return samples[("mfk_batch_size_count", None)] - samples[("mfk_batch_size_bucket", str(below))]
+
+
+class Read:
+    """One request read over HTTP: its pieces and when the first and last arrived."""
+
+    def __init__(self, prompt: str, n: int, leave_at: int) -> None:
+        self.prompt, self.n, self.leave_at = prompt, n, leave_at
+        self.texts: list[str] = []
+        self.first = self.last = 0.0
+        self.status = 0
+        self.streaming = asyncio.Event()  # its first piece came
+
+
+async def read(client: httpx.AsyncClient, found: Read, *, after: float = 0.0) -> Read:
+    """POST after ``after`` seconds and read the stream (closing it after ``leave_at`` pieces,
+    when set)."""
+    await asyncio.sleep(after)
+    loop = asyncio.get_running_loop()
+    body = {"prompt": found.prompt, "max_new_tokens": found.n}
+    async with client.stream("POST", "/generate", json=body) as response:
+        found.status = response.status_code
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                found.texts.append(str(json.loads(line[6:])["text"]))
+                found.first = found.first or loop.time()
+                found.last = loop.time()
+                found.streaming.set()
+                if len(found.texts) == found.leave_at:
+                    break
+    return found
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -92,6 +147,39 @@ def test_concurrent_streams_share_model_steps_and_each_gets_its_own_text(served,
         assert response.status_code == 200
         text = "".join(str(p["text"]) for p in pieces(response.text))
         assert text == reference[(prompt, n)], prompt
+
+
+def test_requests_that_arrive_while_long_streams_run_join_them_and_keep_their_text(
+    served, reference
+):
+    """Eight long streams; once all eight stream, newcomers at staggered times with mixed
+    lengths; clients that leave mid-stream (two long ones, two newcomers). Every text read to
+    its end is the greedy reference, what the others read is its start, and newcomers shared
+    model steps with the eight (the generator form runs them in batches of their own)."""
+    rng = random.Random(7)
+    longs = [Read(*LONG[i % 4], leave_at=60 if i < 2 else 0) for i in range(8)]
+    leaving = [2, 0, 0, 3] + [0] * 8
+    newcomers = [Read(p, n, lead) for (p, n), lead in zip(PROMPTS * 2, leaving, strict=True)]
+    before = steps_above(served, 8)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=served, timeout=60) as client:
+            running = [asyncio.ensure_future(read(client, r)) for r in longs]
+            await asyncio.wait_for(asyncio.gather(*(r.streaming.wait() for r in longs)), 30)
+            await asyncio.gather(
+                *(read(client, r, after=0.3 * rng.random()) for r in newcomers), *running
+            )
+
+    asyncio.run(run())
+    for got in longs + newcomers:
+        expected = reference[(got.prompt, got.n)]
+        assert got.status == 200, got.prompt
+        if got.leave_at:  # it left: what it read is the start of the reference
+            assert len(got.texts) == got.leave_at and expected.startswith("".join(got.texts))
+        else:
+            assert "".join(got.texts) == expected, got.prompt
+    assert all(r.first < max(r.last for r in longs[2:]) for r in newcomers)
+    assert steps_above(served, 8) > before  # a step held the eight and a newcomer
 
 
 def test_ndjson_and_a_prompt_over_the_context_is_422(served, reference):
@@ -128,8 +216,6 @@ def test_in_a_modal_container_the_stream_method_gives_the_same_text(
     model_dir, reference, monkeypatch
 ):
     monkeypatch.setenv("TINY_LM_DIR", str(model_dir))
-    from examples.generate import Generator
-
     from .modal_container import ModalContainer
 
     with ModalContainer(Generator) as container:
@@ -139,6 +225,100 @@ def test_in_a_modal_container_the_stream_method_gives_the_same_text(
     assert all("chunk" in e for e in envelopes)
     text = "".join(e["chunk"]["text"] for e in envelopes)
     assert text == reference[("The lighthouse", 40)]
+
+
+def test_in_a_modal_container_concurrent_streams_share_steps_and_keep_their_text(
+    model_dir, reference, monkeypatch
+):
+    monkeypatch.setenv("TINY_LM_DIR", str(model_dir))
+    from .modal_container import ModalContainer
+
+    asks = [(*LONG[0], 0.0), (*LONG[1], 0.0), ("In the morning", 12, 0.05), ("Bread", 50, 0.1)]
+    with ModalContainer(Generator) as container:
+        stream = container.handle()().mfk_stream.remote_gen.aio
+
+        async def text(prompt: str, n: int, after: float) -> str:
+            await asyncio.sleep(after)
+            envelopes = stream({"prompt": prompt, "max_new_tokens": n})
+            return "".join([str(e["chunk"]["text"]) async for e in envelopes])
+
+        async def every() -> list[str]:
+            return await asyncio.gather(*(text(*ask) for ask in asks))
+
+        before = _shared_steps()
+        texts = container.run(every())
+        after = _shared_steps()
+    assert texts == [reference[(prompt, n)] for prompt, n, _ in asks]
+    assert after > before  # steps held several streams: the container's own batcher joined them
+
+
+def _shared_steps() -> float:
+    """Steps of generate-api in this process that held more than one stream."""
+    from modal_fastapi_kit._metrics import metrics_registry
+
+    values = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in metrics_registry.collect()
+        for sample in family.samples
+        if sample.labels.get("service") == "generate-api"
+    }
+    return values.get(("mfk_batch_size_count", None), 0.0) - values.get(
+        ("mfk_batch_size_bucket", "1.0"), 0.0
+    )
+
+
+@gpu_service(
+    name="generate-server",
+    topology="server",
+    port=free_port(),
+    route="/generate",
+    max_batch_size=16,
+    max_concurrent_inputs=64,
+)
+class GeneratorServer(ModelServer[GenerateIn, Piece]):
+    """The example's hooks on a Modal Server, where the container runs the kit's app as
+    ``mfk serve`` does (not a subclass: the example's class carries its own Modal methods)."""
+
+    load, warmup, join, step, leave = (
+        Generator.load,
+        Generator.warmup,
+        Generator.join,
+        Generator.step,
+        Generator.leave,
+    )
+    _piece = staticmethod(Generator._piece)
+
+
+def test_on_a_modal_server_streams_join_the_containers_running_batch(
+    model_dir, reference, monkeypatch
+):
+    monkeypatch.setenv("TINY_LM_DIR", str(model_dir))
+    from modal_fastapi_kit._modal import server_container
+
+    from .modal_server_container import ModalServerContainer
+
+    monkeypatch.setattr(server_container, "HOST", "127.0.0.1")  # not 0.0.0.0, here
+    base = f"http://127.0.0.1:{GeneratorServer.service_config().port}"
+    asks = [Read(*LONG[0], leave_at=0), Read(*LONG[1], leave_at=10)]
+    asks += [Read(p, n, leave_at=0) for p, n in PROMPTS[:3]]
+
+    def every() -> None:
+        async def run() -> None:
+            async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+                await asyncio.gather(*(read(client, r, after=0.03 * i) for i, r in enumerate(asks)))
+
+        asyncio.run(run())
+
+    with ModalServerContainer(GeneratorServer) as container:
+        container.serve_while(every)
+        shared = container.serve_while(lambda: steps_above(base, 1, "generate-server"))
+    for got in asks:
+        expected = reference[(got.prompt, got.n)]
+        if got.leave_at:
+            assert expected.startswith("".join(got.texts)) and len(got.texts) == got.leave_at
+        else:
+            assert "".join(got.texts) == expected, got.prompt
+    assert shared > 0  # steps held several streams
 
 
 CONTAINER_IMPORT = textwrap.dedent(
