@@ -1,5 +1,5 @@
 """``ChatServer``: OpenAI's ``POST /v1/chat/completions`` (streamed or not) and
-``GET /v1/models`` over a generator of text pieces.
+``GET /v1/models`` over text pieces, generated one request at a time or decoded in batches.
 
     @gpu_service(name="tiny-chat", gpu="L4")
     class TinyChat(ChatServer):
@@ -9,14 +9,21 @@
         def generate(self, request: ChatRequest) -> Iterator[str]:
             ...  # yield one piece of text per generated token
 
+The batched form decodes concurrent chats together instead: define ``join(requests)`` (add
+chats to the batch: the prefill), ``step()`` (one token for every chat in it: per key a piece
+of text, ``END`` when that chat is done) and ``leave(keys)`` (drop chats that ended or whose
+client left); a chat that arrives while others are decoding joins them at the next step.
+``examples/chat.py`` is written this way; ``_chat_steps`` says what the kit adds around it.
+
 The kit handles the protocol around the pieces: ``max_tokens`` / ``max_completion_tokens``
-(it stops the generator and answers ``finish_reason="length"``), ``stop`` sequences (cut out
-of the text, even across pieces, ``finish_reason="stop"``), ``stream`` with
-``chat.completion.chunk`` events and ``data: [DONE]``, ``stream_options.include_usage``, and
-``usage`` (completion tokens are the pieces yielded; prompt tokens come from
-``count_prompt_tokens`` when defined, else 0). A client that disconnects closes the generator.
-``temperature``, ``top_p`` and ``seed`` reach ``generate`` in the ``ChatRequest``; only ``n=1``
-is served, and every request field this server does not support is refused with a 400.
+(it stops the generator, or has the chat leave the batch, and answers
+``finish_reason="length"``), ``stop`` sequences (cut out of the text, even across pieces,
+``finish_reason="stop"``), ``stream`` with ``chat.completion.chunk`` events and
+``data: [DONE]``, ``stream_options.include_usage``, and ``usage`` (completion tokens are the
+pieces; prompt tokens come from ``count_prompt_tokens`` when defined, else 0). A client that
+disconnects closes the generator (or its chat leaves the batch). ``temperature``, ``top_p``
+and ``seed`` reach the model in the ``ChatRequest``; only ``n=1`` is served, and every request
+field this server does not support is refused with a 400.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from .._http.waiting import ClientGone
 from .._server import ModelServer
 from ._chat_completion import ChatStream, Completion, chat_request, collect, include_usage
 from ._chat_schemas import ChatCompletionRequest, ChatFrames, ChatMessage, ChatRequest, Piece
+from ._chat_steps import wrap_chat_steps
 from ._errors import OpenAIError, OpenAIRoute, openai_error_response
 from ._models import add_model_routes, check_model, model_id
 
@@ -47,7 +55,9 @@ DEFAULT_MAX_TOKENS = 256
 
 class ChatServer(ModelServer[ChatRequest, Piece]):
     """Base class of an OpenAI-compatible chat service. Write ``generate`` (a generator,
-    sync or async, yielding one piece of text per token); optionally ``count_prompt_tokens``.
+    sync or async, yielding one piece of text per token), or the batched form ``join``,
+    ``step`` and ``leave`` (concurrent chats share model steps); optionally
+    ``count_prompt_tokens``.
 
     Class attributes: ``model_id`` (the id clients name; default the service name),
     ``default_max_tokens`` (256: the bound when a request sets none).
@@ -79,6 +89,7 @@ class ChatServer(ModelServer[ChatRequest, Piece]):
         super().__init_subclass__(**kwargs)
         if inspect.isasyncgenfunction(cls.generate):  # an async generate: an async predict
             cls.predict = _predict_async  # type: ignore[method-assign,assignment]
+        wrap_chat_steps(cls)  # the batched form: text pieces become Pieces with the count
 
 
 async def _predict_async(self: Any, item: ChatRequest) -> AsyncIterator[Piece]:

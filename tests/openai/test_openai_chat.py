@@ -18,7 +18,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from modal_fastapi_kit import gpu_service
+from modal_fastapi_kit import END, InputError, gpu_service
 from modal_fastapi_kit.openai import ChatRequest, ChatServer
 from modal_fastapi_kit.openai._chat_completion import Completion
 from modal_fastapi_kit.openai._chat_schemas import Piece
@@ -325,3 +325,198 @@ def test_async_generate_runs_on_the_loop():
         ).json()
     assert answer["choices"][0]["message"]["content"] == "abc"
     assert not seen[0].startswith("mfk-inference")
+
+
+# -- the batched form: join / step / leave ---------------------------------------------------
+
+
+def test_concurrent_completions_share_model_steps_and_each_is_the_greedy_answer(served, greedy):
+    async def ask_all() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=f"{served}/v1", api_key="x") as async_client:
+
+            async def ask(i: int) -> str:
+                await asyncio.sleep(0.01 * i)  # staggered: later ones join a running batch
+                if i % 2:
+                    stream = await async_client.chat.completions.create(
+                        model="tiny-chat", messages=QUESTION, stream=True
+                    )
+                    return "".join([c.choices[0].delta.content or "" async for c in stream])
+                answer = await async_client.chat.completions.create(
+                    model="tiny-chat", messages=QUESTION
+                )
+                return str(answer.choices[0].message.content)
+
+            return await asyncio.gather(*(ask(i) for i in range(8)))
+
+    before = shared_steps(served)
+    assert asyncio.run(ask_all()) == [greedy] * 8
+    assert shared_steps(served) > before  # steps that decoded several chats at once
+
+
+def shared_steps(base: str) -> float:
+    """How many model steps of tiny-chat so far decoded more than one chat."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    values = {
+        (s.name, s.labels.get("le")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("service") == "tiny-chat"
+    }
+    return values[("mfk_batch_size_count", None)] - values[("mfk_batch_size_bucket", "1.0")]
+
+
+STEPPED: list[list[int]] = []  # the keys of each step of BatchedEcho
+LEFT: list[int] = []
+
+
+@gpu_service(name="batched-echo", max_batch_size=8, chunk_timeout=2)
+class BatchedEcho(ChatServer):
+    """Echoes the last message word by word, every chat in one step; 'boom' as the third word
+    fails that chat; 'forever' never ends; an empty message ends at once; a message of more
+    than ten words is refused when its prompt is counted."""
+
+    model_id = "echo"
+
+    def load(self) -> None:
+        self.words: dict[int, list[str]] = {}
+        self.sent: dict[int, int] = {}
+
+    def count_prompt_tokens(self, request: ChatRequest) -> int:
+        words = len(request.messages[-1].content.split())
+        if words > 10:
+            raise InputError(f"the message is {words} words; at most 10", status_code=400)
+        return words
+
+    def join(self, requests: dict[int, ChatRequest]) -> None:
+        for key, request in requests.items():
+            self.words[key] = request.messages[-1].content.split()
+            self.sent[key] = 0
+
+    def step(self) -> dict[int, object]:
+        STEPPED.append(sorted(self.words))
+        answers: dict[int, object] = {}
+        for key, words in self.words.items():
+            sent, self.sent[key] = self.sent[key], self.sent[key] + 1
+            if words == ["forever"]:
+                answers[key] = "again "
+            elif sent == len(words):  # called again after END: an IndexError below
+                answers[key] = END
+            elif words[0] == "boom" and sent == 2:
+                answers[key] = RuntimeError("secret internals")
+            else:
+                answers[key] = words[sent] + " "
+        return answers
+
+    def leave(self, keys: list[int]) -> None:
+        LEFT.extend(keys)
+        for key in keys:
+            del self.words[key], self.sent[key]  # only keys join got: a KeyError fails the test
+
+
+@pytest.fixture(scope="module")
+def batched() -> Iterator[str]:
+    with ThreadedServer(BatchedEcho.asgi_app()) as server:
+        wait_ready(server.url)
+        yield server.url
+
+
+def test_the_batched_form_answers_each_chat_its_own_text_and_usage(batched):
+    STEPPED.clear()
+    texts = ["one two three", "a b c d e f g h", "", "x"]
+
+    async def ask_all() -> list[openai.types.chat.ChatCompletion]:
+        async with openai.AsyncOpenAI(base_url=f"{batched}/v1", api_key="x") as async_client:
+            return await asyncio.gather(
+                *(
+                    async_client.chat.completions.create(model="echo", messages=say(t))
+                    for t in texts
+                )
+            )
+
+    answers = asyncio.run(ask_all())
+    for text, answer in zip(texts, answers, strict=True):
+        words = text.split()
+        assert answer.choices[0].message.content == "".join(w + " " for w in words)
+        assert answer.choices[0].finish_reason == "stop"
+        usage = answer.usage
+        assert (usage.prompt_tokens, usage.completion_tokens) == (len(words), len(words))
+    assert max(len(keys) for keys in STEPPED) > 1  # chats decoded in the same steps
+
+
+def test_the_batched_form_streams_usage_even_for_an_empty_answer(batched):
+    stream = client(batched).chat.completions.create(
+        model="echo", messages=say(""), stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert [c.choices[0].delta.content for c in chunks if c.choices] == ["", None]
+    assert chunks[-1].usage.prompt_tokens == 0 and chunks[-1].usage.completion_tokens == 0
+    stream = client(batched).chat.completions.create(
+        model="echo", messages=say("a b"), stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (2, 2)
+
+
+def test_the_batched_form_refuses_a_prompt_alone_fails_a_chat_alone_and_frees_a_leaver(batched):
+    LEFT.clear()
+    with pytest.raises(openai.BadRequestError, match="at most 10"):
+        client(batched, max_retries=0).chat.completions.create(
+            model="echo", messages=say("w " * 11)
+        )
+    stream = client(batched).chat.completions.create(
+        model="echo", messages=say("boom two three"), stream=True
+    )
+    got: list[str] = []
+    with pytest.raises(openai.APIError) as raised:
+        for chunk in stream:
+            got.append(chunk.choices[0].delta.content or "")
+    assert "".join(got) == "boom two "
+    assert "secret" not in raised.value.message
+    forever = client(batched).chat.completions.create(
+        model="echo", messages=say("forever"), stream=True
+    )
+    for i, _ in enumerate(forever):
+        if i == 3:
+            break
+    forever.close()
+    for _ in range(300):
+        if len(LEFT) == 2:
+            break
+        time.sleep(0.01)
+    assert len(LEFT) == 2  # the failed chat and the one whose client left, each once
+    answer = client(batched).chat.completions.create(model="echo", messages=say("still here"))
+    assert answer.choices[0].message.content == "still here "
+
+
+def test_the_batched_form_may_be_async():
+    @gpu_service(name="async-batched-echo", max_batch_size=4)
+    class AsyncBatchedEcho(ChatServer):
+        model_id = "async-echo"
+
+        async def load(self) -> None:
+            self.words: dict[int, list[str]] = {}
+
+        async def count_prompt_tokens(self, request: ChatRequest) -> int:  # type: ignore[override]
+            return 7
+
+        async def join(self, requests: dict[int, ChatRequest]) -> None:
+            for key, request in requests.items():
+                self.words[key] = request.messages[-1].content.split()
+
+        async def step(self) -> dict[int, object]:
+            await asyncio.sleep(0)
+            return {key: words.pop(0) if words else END for key, words in self.words.items()}
+
+        async def leave(self, keys: list[int]) -> None:
+            for key in keys:
+                del self.words[key]
+
+    with ThreadedServer(AsyncBatchedEcho.asgi_app()) as server:
+        wait_ready(server.url)
+        answer = client(server.url).chat.completions.create(
+            model="async-echo", messages=say("a b c")
+        )
+    assert answer.choices[0].message.content == "abc"
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (7, 3)
