@@ -1,28 +1,44 @@
-"""Streamed text generation, with and without shared model steps: time to first chunk, chunks/s.
+"""Streamed text generation: a new stream beside running ones, time to first chunk, chunks/s.
 
     python -m benchmarks.streaming                  # full: 2 rounds, 3 s warm-up + 10 s each
     python -m benchmarks.streaming --quick          # 1 round, 1 s warm-up + 2 s each
     python -m benchmarks.streaming --out report.md --json raw.json
 
 Contenders, one after the other, never two at once, all serving the tiny offline GPT-2 of
-``examples/tiny_lm.py``; the first two at ``POST /generate`` (Server-Sent Events, one event per
-text piece):
+``examples/tiny_lm.py``; the /generate ones at ``POST /generate`` (one event or line per text
+piece):
 
-- batched: ``mfk serve examples/generate.py`` (``max_batch_size=16``: concurrent streams share
-  one forward pass per step);
-- unbatched: ``mfk serve benchmarks/apps/generate_unbatched.py:GeneratorUnbatched`` (the same
-  class with ``max_batch_size=1``: each stream steps the model on its own);
-- chat: ``mfk serve examples/chat.py`` (``TinyChat``, ``POST /v1/chat/completions`` with
-  ``"stream": true``); only ``chat.completion.chunk`` events with text in
-  ``choices[0].delta.content`` count as chunks (not the role chunk, the finish chunk or
-  ``data: [DONE]``), so its first chunk is its first token.
+- joining: ``mfk serve examples/generate.py`` (``join`` / ``step`` / ``leave``, up to 64
+  streams in the batch: a request joins the running batch at the next step);
+- static: ``mfk serve benchmarks/apps/generate_static.py:GeneratorStatic`` (the same decoding
+  as a batched generator, batches of up to 16, four of them at a time: a batch is formed once
+  and runs to its end);
+- unbatched: ``mfk serve benchmarks/apps/generate_unbatched.py:GeneratorUnbatched`` (the
+  generator with ``max_batch_size=1``: each stream steps the model on its own);
+- litserve: LitServe 0.2.19's ``ContinuousBatchingLoop`` over the same decoding
+  (``benchmarks/apps/litserve_generate.py``, NDJSON lines; needs
+  ``pip install -r benchmarks/requirements.txt``);
+- chat: ``mfk serve examples/chat.py`` (``TinyChat``, up to 64 chats decoded together) and
+  chat-generate: ``mfk serve benchmarks/apps/chat_generate.py:TinyChatGenerate`` (one
+  generator per chat), both at ``POST /v1/chat/completions`` with ``"stream": true``; only
+  ``chat.completion.chunk`` events with text in ``choices[0].delta.content`` count as chunks
+  (not the role chunk, the finish chunk or ``data: [DONE]``), so the first chunk is the first
+  token.
 
 Each server is started, checked (the run stops if a streamed text differs: the /generate
 servers against ``tiny_lm.reference_text``, chat against its own non-streamed answer to the
-same prompt, both greedy), then driven at each concurrency by closed-loop asyncio clients
-(httpx, in this process): a warm-up, then a measured window. Chunks are counted by arrival
-time inside the window; latency figures come from the requests sent inside it, and the load
-goes on until the last of those has finished. Every server is stopped, also on failure.
+same prompt, both greedy), then:
+
+- newcomers (the /generate servers): a new stream's time to first chunk alone (idle), and
+  when it arrives 50 to 100 ms after ``--running`` (8) long streams (200 tokens each, sent
+  10 ms apart, as separate clients arrive) began; each round starts the long streams afresh.
+  One model step under that load is the median gap between two chunks of the long streams;
+- load: closed-loop asyncio clients (httpx, in this process) at each concurrency: a warm-up,
+  then a measured window. Chunks are counted by arrival time inside the window; latency
+  figures come from the requests sent inside it, and the load goes on until the last of those
+  has finished. A chunk is one text piece: one token, except where a character spans two.
+
+Every server is stopped, also on failure.
 """
 
 from __future__ import annotations
@@ -30,17 +46,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import itertools
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -52,7 +70,16 @@ from benchmarks.load import _percentile
 from benchmarks.memory import tree_cpu_seconds
 from benchmarks.serving import machine
 
-__all__ = ["CONTENDERS", "Measurement", "Preset", "Stream", "Window", "best_of", "main"]
+__all__ = [
+    "CONTENDERS",
+    "Measurement",
+    "Newcomers",
+    "Preset",
+    "Stream",
+    "Window",
+    "best_of",
+    "main",
+]
 
 GENERATE = "/generate"
 PROMPTS = ("The lighthouse", "In the morning", "The keeper climbed the narrow stairs and", "Bread")
@@ -66,6 +93,12 @@ CHAT_PROMPTS = (
 )
 REQUEST_TIMEOUT_S = 60.0  # one whole stream
 DRAIN_TIMEOUT_S = 60.0  # after the window, for the streams sent inside it to finish
+# The newcomer measurement: long streams the tiny model continues for all of their 200 tokens
+# (no eos before), and the short request that arrives beside them.
+LONG_PROMPTS = ("the", "them lit", "the narrow only", "trimmed it pages on")
+LONG_TOKENS = 200
+LONG_APART_S = 0.01  # the long streams arrive one after the other, as separate clients do
+NEWCOMER = ("In the morning", 12)
 
 
 @dataclass(frozen=True)
@@ -94,6 +127,7 @@ class StreamApi:
     # is a text chunk, its text in ``"text"`` (parsed only when the text is kept).
     text: Callable[[str], str | None] | None = None
     reference: str = "tiny_lm.reference_text"  # what its streamed text must equal
+    ndjson: bool = False  # one JSON line per chunk (``{"text": ...}``) instead of SSE events
 
 
 def _chat_text(data: str) -> str | None:
@@ -125,9 +159,19 @@ CHAT_API = StreamApi(
 )
 
 
+LITSERVE_API = StreamApi(GENERATE, PROMPTS, GENERATE_API.body, ndjson=True)
+
+
 @dataclass(frozen=True)
 class StreamContender(Contender):
     api: StreamApi = GENERATE_API
+    ready_path: str = "/readyz"  # answers 200 once the model is loaded
+    in_process: str | None = None  # ``module:Class``: newcomers also timed without HTTP
+
+    @property
+    def generates(self) -> bool:
+        """Serves ``POST /generate`` (the newcomer measurement applies)."""
+        return self.api.path == GENERATE
 
 
 def _mfk_serve(target: str) -> Callable[[int], list[str]]:
@@ -140,19 +184,51 @@ def _mfk_serve(target: str) -> Callable[[int], list[str]]:
     return command
 
 
+def _module(name: str) -> Callable[[int], list[str]]:
+    def command(port: int) -> list[str]:
+        return [sys.executable, "-m", f"benchmarks.apps.{name}", f"--port={port}"]
+
+    return command
+
+
 CONTENDERS: dict[str, StreamContender] = {
     c.key: c
     for c in (
-        StreamContender("batched", "mfk serve, batch 16", _mfk_serve("examples/generate.py")),
+        StreamContender(
+            "joining",
+            "mfk serve, joining, batch 64",
+            _mfk_serve("examples/generate.py"),
+            in_process="examples.generate:Generator",
+        ),
+        StreamContender(
+            "static",
+            "mfk serve, generator, batch 16",
+            _mfk_serve("benchmarks/apps/generate_static.py:GeneratorStatic"),
+            in_process="benchmarks.apps.generate_static:GeneratorStatic",
+        ),
         StreamContender(
             "unbatched",
-            "mfk serve, batch 1",
+            "mfk serve, generator, batch 1",
             _mfk_serve("benchmarks/apps/generate_unbatched.py:GeneratorUnbatched"),
         ),
         StreamContender(
+            "litserve",
+            "LitServe ContinuousBatchingLoop, 64",
+            _module("litserve_generate"),
+            requires="litserve",
+            api=LITSERVE_API,
+            ready_path="/health",
+        ),
+        StreamContender(
             "chat",
-            "mfk serve, OpenAI chat",
+            "mfk serve, OpenAI chat, joining, batch 64",
             _mfk_serve("examples/chat.py"),
+            api=CHAT_API,
+        ),
+        StreamContender(
+            "chat-generate",
+            "mfk serve, OpenAI chat, a generator each",
+            _mfk_serve("benchmarks/apps/chat_generate.py:TinyChatGenerate"),
             api=CHAT_API,
         ),
     )
@@ -210,7 +286,12 @@ async def stream_once(
                 return found
             failed = False
             async for line in answer.aiter_lines():
-                if line.startswith("event: error"):
+                if api.ndjson:
+                    if line.strip():
+                        found.arrivals.append(time.perf_counter())
+                        if keep_text:
+                            found.texts.append(str(json.loads(line)["text"]))
+                elif line.startswith("event: error"):
                     failed = True
                 elif line.startswith("data:"):
                     if failed:
@@ -398,6 +479,134 @@ def _window(
     )
 
 
+# -- a new stream beside running ones ---------------------------------------------------------
+
+
+@dataclass
+class Newcomers:
+    """A new stream's time to first chunk, alone and beside ``running`` long streams."""
+
+    running: int
+    rounds: int
+    idle_ms: list[float] = field(default_factory=list)  # alone, one after the other
+    loaded_ms: list[float] = field(default_factory=list)  # beside the long streams
+    step_ms: float | None = None  # median gap between two chunks of the long streams
+    joined: int = 0  # rounds where the newcomer's first chunk came before every long one ended
+    errors: int = 0
+
+    @property
+    def idle_p50(self) -> float | None:
+        return _percentile(sorted(self.idle_ms), 50) if self.idle_ms else None
+
+    @property
+    def loaded_p50(self) -> float | None:
+        return _percentile(sorted(self.loaded_ms), 50) if self.loaded_ms else None
+
+    @property
+    def loaded_p95(self) -> float | None:
+        return _percentile(sorted(self.loaded_ms), 95) if self.loaded_ms else None
+
+    @property
+    def goal_ms(self) -> float | None:
+        """Twice the idle time to first chunk plus one model step under the load."""
+        idle = self.idle_p50
+        return None if idle is None or self.step_ms is None else 2 * idle + self.step_ms
+
+
+Ask = Callable[[str, int], Awaitable[Stream]]  # (prompt, max new tokens) -> the read stream
+
+
+async def newcomers(url: str, api: StreamApi, *, running: int, rounds: int) -> Newcomers:
+    """``rounds`` newcomers alone, then ``rounds`` times: ``running`` long streams sent 10 ms
+    apart, and 50 to 100 ms after the last of them, a newcomer; over HTTP."""
+    limits = httpx.Limits(max_connections=running + 2, max_keepalive_connections=running + 2)
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
+
+        def ask(prompt: str, tokens: int) -> Awaitable[Stream]:
+            return stream_once(client, url, prompt, tokens, api=api)
+
+        return await _newcomers(ask, running, rounds)
+
+
+async def newcomers_in_process(target: str, *, running: int, rounds: int) -> Newcomers:
+    """The same newcomers against ``target``'s (``module:Class``) own backend in this
+    process: the kit's batcher and the model, with no HTTP and no clients beside them."""
+    from modal_fastapi_kit._backends.local import LocalBackend
+    from modal_fastapi_kit._core.spec import service_spec
+    from modal_fastapi_kit._core.state import LoadState
+
+    module, name = target.split(":")
+    spec = service_spec(getattr(importlib.import_module(module), name))
+    backend = LocalBackend(spec)
+    await backend.start()
+    loop = asyncio.get_running_loop()
+
+    async def ask(prompt: str, tokens: int) -> Stream:
+        found = Stream(sent=time.perf_counter())
+        try:
+            item = spec.request_model(prompt=prompt, max_new_tokens=tokens)
+            stream = await backend.submit(item, deadline=loop.time() + REQUEST_TIMEOUT_S)
+            while True:
+                try:
+                    await stream.next(REQUEST_TIMEOUT_S)
+                except StopAsyncIteration:
+                    break
+                found.arrivals.append(time.perf_counter())
+        except Exception as exc:
+            found.error = f"{type(exc).__name__}: {exc}"
+        found.finished = True
+        return found
+
+    try:
+        while backend.state is not LoadState.READY:
+            if backend.state is LoadState.FAILED:
+                raise RuntimeError(f"{target} failed to load: {backend.error}")
+            await asyncio.sleep(0.05)
+        return await _newcomers(ask, running, rounds)
+    finally:
+        await backend.stop()
+
+
+async def _newcomers(ask: Ask, running: int, rounds: int) -> Newcomers:
+    found = Newcomers(running=running, rounds=rounds)
+    jitter = random.Random(0)
+    gaps: list[float] = []
+    for _ in range(rounds):
+        alone = await ask(*NEWCOMER)
+        if alone.ok:
+            found.idle_ms.append(1000 * alone.first_s)
+        else:
+            found.errors += 1
+    for number in range(rounds):
+        tasks = [
+            asyncio.create_task(
+                _after(
+                    i * LONG_APART_S,
+                    ask(LONG_PROMPTS[(number + i) % len(LONG_PROMPTS)], LONG_TOKENS),
+                )
+            )
+            for i in range(running)
+        ]
+        await asyncio.sleep((running - 1) * LONG_APART_S)  # the last one is sent
+        await asyncio.sleep(0.05 + 0.05 * jitter.random())
+        newcomer = await ask(*NEWCOMER)
+        done = await asyncio.gather(*tasks)
+        if not newcomer.ok or not all(s.ok for s in done):
+            found.errors += 1
+            continue
+        found.loaded_ms.append(1000 * newcomer.first_s)
+        found.joined += newcomer.arrivals[0] < min(s.arrivals[-1] for s in done)
+        for s in done:
+            gaps += [b - a for a, b in itertools.pairwise(s.arrivals)]
+    found.step_ms = 1000 * statistics.median(gaps) if gaps else None
+    return found
+
+
+async def _after(seconds: float, stream: Awaitable[Stream]) -> Stream:
+    await asyncio.sleep(seconds)
+    return await stream
+
+
 # -- one server, several rounds ----------------------------------------------------------------
 
 
@@ -414,6 +623,8 @@ class Measurement:
     windows: list[Window] = field(default_factory=list)
     ready_seconds: float = 0.0
     error: str | None = None
+    newcomers: Newcomers | None = None
+    in_process: Newcomers | None = None  # the same, against the backend in this process
 
     def at(self, concurrency: int) -> Window | None:
         return next((w for w in self.windows if w.concurrency == concurrency), None)
@@ -428,8 +639,11 @@ def measure_server(
     seconds: float,
     warmup: float,
     log: IO[str],
+    running: int = 8,
+    newcomer_rounds: int = 0,
 ) -> Measurement:
-    """Start ``key``, check its text, drive it at each concurrency, stop it.
+    """Start ``key``, check its text, time newcomers beside ``running`` long streams (a
+    /generate server, ``newcomer_rounds`` > 0), drive it at each concurrency, stop it.
 
     ``expected``: the /generate reference texts; chat's come from the server itself.
     """
@@ -440,7 +654,7 @@ def measure_server(
         url = server.url.removesuffix(ROUTE) + api.path
         try:
             found.ready_seconds = server.wait_ready(  # GET /readyz
-                urllib.request.Request(server.url.removesuffix(ROUTE) + "/readyz")
+                urllib.request.Request(server.url.removesuffix(ROUTE) + contender.ready_path)
             )
             if api is CHAT_API:
                 expected = asyncio.run(chat_answers(url, max_new_tokens))
@@ -450,6 +664,17 @@ def measure_server(
                 raise WrongText(
                     f"{contender.label} streamed text that differs from "
                     f"{api.reference}:\n  " + "\n  ".join(problems)
+                )
+            if contender.generates and newcomer_rounds > 0:
+                _say(f"  {key}: newcomers beside {running} long streams")
+                found.newcomers = asyncio.run(
+                    newcomers(url, api, running=running, rounds=newcomer_rounds)
+                )
+                n = found.newcomers
+                _say(
+                    f"    first chunk alone p50 {_ms(n.idle_p50)} ms, beside {running} long "
+                    f"streams p50 {_ms(n.loaded_p50)} ms, one step {_ms(n.step_ms)} ms, "
+                    f"{n.errors} errors"
                 )
             for c in concurrency:
                 _say(f"  {key}: concurrency {c}")
@@ -488,7 +713,26 @@ def best_of(rounds: list[Measurement]) -> Measurement:
         )
     errors = [m.error for m in rounds if m.error]
     merged.error = "; ".join(errors) if errors else None
+    merged.newcomers = _together([m.newcomers for m in rounds])
+    merged.in_process = _together([m.in_process for m in rounds])
     return merged
+
+
+def _together(found: list[Newcomers | None]) -> Newcomers | None:
+    """Every round's newcomers as one set of figures."""
+    seen = [n for n in found if n is not None]
+    if not seen:
+        return None
+    steps = [n.step_ms for n in seen if n.step_ms is not None]
+    return Newcomers(
+        running=seen[0].running,
+        rounds=sum(n.rounds for n in seen),
+        idle_ms=[ms for n in seen for ms in n.idle_ms],
+        loaded_ms=[ms for n in seen for ms in n.loaded_ms],
+        step_ms=statistics.median(steps) if steps else None,
+        joined=sum(n.joined for n in seen),
+        errors=sum(n.errors for n in seen),
+    )
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -530,6 +774,7 @@ def report(run: Run) -> str:
         if measurement.error:
             rows.append(f"| {measurement.label} | failed: {measurement.error} |||||||")
     rounds = f"best of {run.rounds} rounds" if run.rounds > 1 else "1 round"
+    joining = _newcomer_rows(run)
     chat = (
         f' The chat server answers `POST {CHAT}` with `"stream": true` and '
         f"`max_tokens={run.max_new_tokens}`, {len(CHAT_PROMPTS)} chat prompts in rotation, its "
@@ -545,13 +790,14 @@ def report(run: Run) -> str:
             f"Python {m['python']}; {m['packages']}. Load average {run.load_before} before, "
             f"{run.load_after} after; {rounds}.",
             "",
+            *joining,
             *rows,
             "",
             f"Method: every server streams the tiny offline GPT-2 of `examples/tiny_lm.py` "
             f"(greedy, `max_new_tokens={run.max_new_tokens}`, {len(PROMPTS)} prompts in "
             f"rotation, some of which reach eos sooner; the /generate servers' text is first "
             f"checked against `generate()`)."
-            + (chat if any(m.key == "chat" for m in run.best) else "")
+            + (chat if any(m.key.startswith("chat") for m in run.best) else "")
             + f" Closed-loop httpx clients, in the benchmark process on "
             f"the same cores, stream back to back for {run.warmup:g} s of warm-up, then "
             f"{run.seconds:g} s measured: chunks/s counts the SSE events that arrived in that "
@@ -559,10 +805,56 @@ def report(run: Run) -> str:
             f"median of each request's (chunks - 1) / (last - first event), over the requests "
             f"sent in the window. Errors count every failed request of the run (non-200, "
             f"error event, no chunk). Each server runs alone; CPU is its whole process tree"
-            + (f"; the best of {run.rounds} rounds per row." if run.rounds > 1 else "."),
+            + (f"; the best of {run.rounds} rounds per row." if run.rounds > 1 else ".")
+            + (
+                " LitServe's lines are NDJSON (one JSON object per piece) rather than SSE."
+                if any(m.key == "litserve" for m in run.best)
+                else ""
+            ),
             "",
         ]
     )
+
+
+def _newcomer_rows(run: Run) -> list[str]:
+    """The newcomer table (and its method), when any server was measured for it."""
+    found = [(m.label, m.newcomers) for m in run.best if m.newcomers is not None]
+    found += [
+        (f"{m.label}: in its process, no HTTP", m.in_process)
+        for m in run.best
+        if m.in_process is not None
+    ]
+    if not found:
+        return []
+    running = found[0][1].running
+    rows = [
+        f"| server | first chunk alone, p50 (ms) | beside {running} long streams, p50 (ms) "
+        "| p95 (ms) | one model step then (ms) | goal: 2 x alone + 1 step (ms) "
+        "| came before the long streams ended | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for label, n in found:
+        rows.append(
+            f"| {label} | {_ms(n.idle_p50)} | {_ms(n.loaded_p50)} | {_ms(n.loaded_p95)} "
+            f"| {_ms(n.step_ms)} | {_ms(n.goal_ms)} | {n.joined} of {len(n.loaded_ms)} "
+            f"| {n.errors} |"
+        )
+    prompt, tokens = NEWCOMER
+    return [
+        *rows,
+        "",
+        f"A newcomer (`{prompt!r}`, `max_new_tokens={tokens}`) is sent alone, one after the "
+        f"other; then, in each round, {running} long streams are sent "
+        f"{1000 * LONG_APART_S:g} ms apart ({len(LONG_PROMPTS)} prompts the model continues "
+        f"for all of {LONG_TOKENS} tokens) and, 50 to 100 ms after the last of them, one "
+        "newcomer; "
+        f"{found[0][1].rounds} newcomers of each kind per server. One model step is the median "
+        "gap between two chunks of the long streams. The rows in its process make the same "
+        "requests to the service's own backend in the benchmark's process, after its server "
+        "stopped: the kit's batcher and the model, without HTTP and without the clients of "
+        "the long streams sharing the two cores.",
+        "",
+    ]
 
 
 def _ms(value: float | None) -> str:
@@ -587,7 +879,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--contenders", default=",".join(CONTENDERS), help=f"subset of {','.join(CONTENDERS)}"
     )
-    parser.add_argument("--concurrency", default="1,16", help="comma-separated client counts")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated client counts")
+    parser.add_argument("--running", type=int, default=8, help="long streams beside each newcomer")
+    parser.add_argument(
+        "--newcomers",
+        type=int,
+        help="newcomer rounds per /generate server (0: none; 10, or 3 with --quick)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64, help="per request (1..200)")
     parser.add_argument("--seconds", type=float, help="measured seconds per concurrency")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before each window")
@@ -601,9 +899,13 @@ def main(argv: list[str] | None = None) -> int:
     warmup = float(args.warmup if args.warmup is not None else preset.warmup)
     rounds = int(args.rounds or preset.rounds)
     concurrency = [int(c) for c in args.concurrency.split(",")]
+    newcomer_rounds = args.newcomers if args.newcomers is not None else 3 if args.quick else 10
     keys = [k.strip() for k in args.contenders.split(",") if k.strip()]
     if unknown := [k for k in keys if k not in CONTENDERS]:
         parser.error(f"unknown contenders {unknown}; choose from {list(CONTENDERS)}")
+    if missing := [k for k in keys if not CONTENDERS[k].available()]:
+        _say(f"skipping {', '.join(missing)}: pip install -r benchmarks/requirements.txt")
+        keys = [k for k in keys if k not in missing]
     if not 1 <= args.max_new_tokens <= 200:
         parser.error("--max-new-tokens is 1 to 200, as examples/generate.py accepts")
 
@@ -618,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
         _say("building the tiny model")
         model_dir = tiny_lm.build(Path(scratch) / "tiny-lm")
         os.environ["TINY_LM_DIR"] = str(model_dir)  # the servers inherit it
-        generates = any(CONTENDERS[k].api is GENERATE_API for k in keys)
+        generates = any(CONTENDERS[k].generates for k in keys)
         expected = reference_texts(model_dir, args.max_new_tokens) if generates else None
         for number in range(1, rounds + 1):
             _say(f"round {number} of {rounds}")
@@ -638,10 +940,24 @@ def main(argv: list[str] | None = None) -> int:
                             seconds=seconds,
                             warmup=warmup,
                             log=log,
+                            running=args.running,
+                            newcomer_rounds=newcomer_rounds,
                         )
                 except WrongText as exc:
                     _say(f"aborted: {exc}")
                     return 2
+                target = CONTENDERS[key].in_process
+                if target is not None and newcomer_rounds > 0 and not found.error:
+                    _say(f"  {key}: newcomers in this process, without HTTP")
+                    found.in_process = asyncio.run(
+                        newcomers_in_process(target, running=args.running, rounds=newcomer_rounds)
+                    )
+                    n = found.in_process
+                    _say(
+                        f"    first chunk alone p50 {_ms(n.idle_p50)} ms, beside "
+                        f"{args.running} long streams p50 {_ms(n.loaded_p50)} ms, one step "
+                        f"{_ms(n.step_ms)} ms"
+                    )
                 per_round[-1].append(found)
                 if found.error:
                     _say(log_path.read_text()[-3000:])

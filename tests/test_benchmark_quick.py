@@ -133,14 +133,20 @@ def test_the_streaming_benchmark_measures_both_apis(tmp_path) -> None:
     run = _quick(
         "streaming",
         tmp_path,
-        *("--contenders", "batched,chat", "--concurrency", "1,2", "--max-new-tokens", "8"),
+        *("--contenders", "joining,chat", "--concurrency", "1,2", "--max-new-tokens", "8"),
+        *("--newcomers", "1", "--running", "2"),
     )
-    assert [m["key"] for m in run["best"]] == ["batched", "chat"]
+    assert [m["key"] for m in run["best"]] == ["joining", "chat"]
     for found in run["best"]:
         assert found["error"] is None, found
         for window in found["windows"]:
             assert window["requests"] > 0 and window["errors"] == 0, window
             assert window["first_p50_ms"] is not None and window["chunks"] > 0, window
+    joining, chat = run["best"]
+    newcomers = joining["newcomers"]  # a /generate server: a newcomer beside long streams
+    assert (newcomers["running"], newcomers["errors"]) == (2, 0), newcomers
+    assert len(newcomers["idle_ms"]) == len(newcomers["loaded_ms"]) == 1, newcomers
+    assert newcomers["step_ms"] > 0 and chat["newcomers"] is None
 
 
 def test_the_report_shows_every_round_and_the_same_round_ratio() -> None:
