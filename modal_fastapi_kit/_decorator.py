@@ -27,8 +27,10 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
     Options (all keyword, all optional; see ``ServiceConfig`` for defaults):
     ``name`` (defaults to the class name in kebab-case), ``route``, ``max_batch_size``,
     ``wait_ms``, ``max_concurrent_inputs``, ``max_queue_size``, ``isolate_failures``,
-    ``max_body_bytes``, ``request_timeout``, ``stall_timeout``, ``first_chunk_timeout``,
-    ``chunk_timeout``, ``gpu``, ``packages`` and the other Modal options.
+    ``max_body_bytes`` (64 MiB when the request model has ``File`` fields, else 1 MiB),
+    ``upload_timeout``, ``allow_private_urls``, ``request_timeout``, ``stall_timeout``,
+    ``first_chunk_timeout``, ``chunk_timeout``, ``cors_origins``, ``cors_credentials``,
+    ``gpu``, ``packages`` and the other Modal options.
 
     >>> @gpu_service(gpu="A10", max_batch_size=32, route="/embed")
     ... class Embedder(ModelServer[EmbedIn, EmbedOut]): ...

@@ -65,7 +65,11 @@ _QUEUE_WAIT = Histogram(
     registry=metrics_registry,
 )
 _BATCH_SIZE = Histogram(
-    "mfk_batch_size", "Items per batch", ["service"], buckets=_SIZES, registry=metrics_registry
+    "mfk_batch_size",
+    "Items per batch (streams per step for a service whose streams join a running batch)",
+    ["service"],
+    buckets=_SIZES,
+    registry=metrics_registry,
 )
 _BATCH_SECONDS = Histogram(
     "mfk_batch_duration_seconds",

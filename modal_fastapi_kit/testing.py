@@ -51,7 +51,14 @@ from starlette.types import ASGIApp, Message
 
 from ._assembly import service_app, service_router
 from ._backends.base import Backend
-from ._core.spec import LIFECYCLE_HOOKS, SPEC_ATTR, PredictHook, ServiceSpec, service_spec
+from ._core.spec import (
+    JOINING_HOOKS,
+    LIFECYCLE_HOOKS,
+    SPEC_ATTR,
+    PredictHook,
+    ServiceSpec,
+    service_spec,
+)
 from ._core.state import LoadState
 from ._decorator import check_predict
 from ._server import ModelServer
@@ -61,7 +68,7 @@ __all__ = ["DEFAULT_READY_TIMEOUT", "HOOKS", "aserve", "fake", "serve"]
 
 S = TypeVar("S", bound=type[ModelServer[Any, Any]])
 
-HOOKS = (*LIFECYCLE_HOOKS, "predict", "predict_batch")
+HOOKS = (*LIFECYCLE_HOOKS, "predict", "predict_batch", *JOINING_HOOKS)
 DEFAULT_READY_TIMEOUT = 30.0
 _POLL = 0.01  # seconds between two readiness probes
 

@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from modal_fastapi_kit import File, FileLimits, InputError, ModelServer, gpu_service
+from modal_fastapi_kit import END, File, FileLimits, InputError, ModelServer, gpu_service
 from modal_fastapi_kit._core.spec import service_spec
 from modal_fastapi_kit.exceptions import (
     ConfigError,
@@ -371,3 +371,22 @@ def test_fake_a_file_service():
     with serve(faked) as http, faked.client(http_client=http) as client:
         got = client.predict({"image": File(PNG, content_type="image/png"), "caption": "c"})
         assert (got.read(), got.content_type, got.filename) == (b"fake c", "text/plain", None)
+
+
+def test_fake_replaces_the_hooks_of_a_service_whose_streams_join():
+    from .core.test_joining import Four
+
+    def step(self: Any) -> dict[int, Any]:
+        """Each item's one chunk is -x, then it ends."""
+        answers: dict[int, Any] = {}
+        for key in list(self.left):
+            answers[key] = END if self.sent[key] else NumOut(y=-self.wanted[key])
+            self.sent[key] = 1
+        return answers
+
+    faked = fake(Four, step=step)
+    assert service_spec(faked).predict.joining
+    with serve(faked) as client:
+        answer = client.post("/predict", json={"x": 3}, headers={"accept": "application/x-ndjson"})
+    assert answer.status_code == 200
+    assert [line for line in answer.text.splitlines() if line] == ['{"y":-3}']
