@@ -71,6 +71,17 @@ def settings_findings(built: ModalDeployment, where: tuple[str, ...] = ()) -> li
                 where,
             )
         )
+    if built.spec.predict.joining and not config.batched:
+        found.append(
+            Finding(
+                "joining-one-at-a-time",
+                "warning",
+                f"{cls.__name__} defines join, step and leave but max_batch_size=1: one stream "
+                "runs at a time, each to its end, and every other stream waits in the queue",
+                "set max_batch_size to the streams the model can step at once (e.g. 64)",
+                where,
+            )
+        )
     if config.enable_memory_snapshot and getattr(cls, "to_device", None) is ModelServer.to_device:
         found.append(
             Finding(

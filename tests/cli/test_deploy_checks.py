@@ -242,3 +242,43 @@ def test_the_source_of_a_service_is_read_not_run(tmp_path):
     assert (
         report.errors[0].fix == 'set local_sources=["helper_never_imported"] in @gpu_service(...)'
     )
+
+
+JOINING = """\
+from pydantic import BaseModel
+
+from modal_fastapi_kit import END, ModelServer, gpu_service
+
+
+class In(BaseModel):
+    x: int
+
+
+@gpu_service(name="{name}", gpu="A10", max_containers=2, {options})
+class Svc(ModelServer[In, In]):
+    def join(self, items: dict[int, In]) -> None:
+        self.keys = set(items)
+
+    def step(self) -> dict[int, object]:
+        return {{key: END for key in self.keys}}
+
+    def leave(self, keys: list[int]) -> None:
+        self.keys -= set(keys)
+
+
+app = Svc.modal_app()
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "flagged"), [("max_batch_size=1", True), ("max_batch_size=64", False)]
+)
+def test_a_joining_service_that_runs_one_stream_at_a_time_is_flagged(
+    tmp_path, monkeypatch, options, flagged
+):
+    monkeypatch.chdir(tmp_path)
+    name = f"joining-{'one' if flagged else 'many'}"
+    path = tmp_path / f"{name.replace('-', '_')}.py"
+    path.write_text(JOINING.format(name=name, options=options))
+    codes = [f.code for f in check_service(import_file(path).Svc).findings]
+    assert ("joining-one-at-a-time" in codes) is flagged
