@@ -23,7 +23,8 @@ from modal_fastapi_kit.openai import ChatRequest, ChatServer
 from modal_fastapi_kit.openai._chat_completion import Completion
 from modal_fastapi_kit.openai._chat_schemas import Piece
 
-from .._servers import BIN, ThreadedServer, free_port, running, wait_ready
+from .._servers import ThreadedServer, wait_ready
+from ._sdk import sdk_client, serve_example
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -57,28 +58,11 @@ def greedy(model_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def served(model_dir: Path) -> Iterator[str]:
-    port = free_port()
-    args = [str(BIN / "mfk"), "serve", "examples/chat.py", "--port", str(port)]
-    with running(args, env={"TINY_LM_DIR": str(model_dir)}):
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base)
+    with serve_example("examples/chat.py", env={"TINY_LM_DIR": str(model_dir)}) as (base, _):
         yield base
 
 
-OPEN: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
-
-
-def client(base: str, **options: object) -> openai.OpenAI:
-    options = {"api_key": "unused", **options}
-    OPEN.append(openai.OpenAI(base_url=f"{base}/v1", **options))  # type: ignore[arg-type]
-    return OPEN[-1]
+client = sdk_client
 
 
 def test_a_completion_with_the_sdks_defaults_is_the_greedy_answer(served, greedy):

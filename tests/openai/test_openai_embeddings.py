@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from .._servers import BIN, free_port, running, wait_ready
+from ._sdk import OPEN, serve_example
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -39,22 +39,8 @@ def reference() -> dict[str, list[float]]:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[str, list[str]]]:
-    port = free_port()
-    args = [str(BIN / "mfk"), "serve", "examples/openai_embeddings.py", "--port", str(port)]
-    with running([*args, "--log-level", "debug"]) as server:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base)
-        yield base, server.lines
-
-
-OPEN: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
+    with serve_example("examples/openai_embeddings.py") as (base, lines):
+        yield base, lines
 
 
 def close(got: list[float], want: list[float]) -> bool:

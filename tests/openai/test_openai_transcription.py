@@ -29,7 +29,8 @@ from modal_fastapi_kit.openai import (
 )
 from modal_fastapi_kit.openai._subtitles import srt, timestamp, vtt
 
-from .._servers import BIN, ThreadedServer, free_port, running, wait_ready
+from .._servers import ThreadedServer, wait_ready
+from ._sdk import sdk_client, serve_example
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -113,27 +114,11 @@ def seconds_of(path: Path) -> float:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[str, list[str]]]:
-    port = free_port()
-    args = [str(BIN / "mfk"), "serve", "examples/transcribe.py", "--port", str(port)]
-    with running([*args, "--log-level", "debug"]) as server:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base)
-        yield base, server.lines
+    with serve_example("examples/transcribe.py") as (base, lines):
+        yield base, lines
 
 
-OPEN: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
-
-
-def client(base: str, **options: Any) -> openai.OpenAI:
-    OPEN.append(openai.OpenAI(base_url=f"{base}/v1", **{"api_key": "x", **options}))
-    return OPEN[-1]
+client = sdk_client
 
 
 def transcribe(base: str, path: Path, **options: Any) -> Any:
