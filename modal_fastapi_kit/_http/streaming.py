@@ -199,13 +199,28 @@ async def close_on_disconnect(receive: Receive, stream: ItemStream) -> None:
 
 
 def chunk_responses(chunk_model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI for a streaming 200: each content type's schema is the chunk model."""
+    """OpenAPI for a streaming 200: an NDJSON line is the chunk model; an SSE event is an
+    object whose ``data`` holds the chunk model's JSON (``event`` is ``error`` for a failure
+    after the first chunk), which is how OpenAPI tools read an event stream."""
     ref = {"$ref": f"#/components/schemas/{chunk_model.__name__}"}
+    event = {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string", "description": "absent, or 'error' for the failure"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": ref,
+                "description": f"a {chunk_model.__name__}, or the error body after 'error'",
+            },
+        },
+        "required": ["data"],
+    }
     return {
         200: {
             "description": "One event (SSE) or line (NDJSON) per chunk, each a "
             f"{chunk_model.__name__}; a failure after the first chunk ends the stream with "
             "an error event (SSE) or an error line (NDJSON)",
-            "content": {SSE_TYPE: {"schema": ref}, NDJSON_TYPES[0]: {"schema": ref}},
+            "content": {SSE_TYPE: {"schema": event}, NDJSON_TYPES[0]: {"schema": ref}},
         }
     }

@@ -198,8 +198,12 @@ def test_openapi_documents_the_stream_types_and_the_chunk_schema(server):
     operation = spec["paths"]["/generate"]["post"]
     content = operation["responses"]["200"]["content"]
     assert set(content) == {"text/event-stream", "application/x-ndjson"}
-    for media in content.values():
-        ref = media["schema"]["$ref"]
-        assert ref == "#/components/schemas/Token"
+    assert content["application/x-ndjson"]["schema"]["$ref"] == "#/components/schemas/Token"
+    # an SSE event is an object whose data is the chunk's JSON (how OpenAPI tools read events)
+    event = content["text/event-stream"]["schema"]
+    assert event["type"] == "object" and event["required"] == ["data"]
+    data = event["properties"]["data"]
+    assert data["contentMediaType"] == "application/json"
+    assert data["contentSchema"]["$ref"] == "#/components/schemas/Token"
     assert "Token" in spec["components"]["schemas"]
     assert {"400", "422", "500", "503", "504"} - {"400"} <= set(operation["responses"])

@@ -102,7 +102,7 @@ class Album(ModelServer[AlbumIn, AlbumOut]):
 
 class Doc(BaseModel):
     doc: File
-    pieces: int = 3
+    pieces: int = Field(3, ge=1)
 
 
 class Piece(BaseModel):
