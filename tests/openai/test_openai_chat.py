@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -63,6 +64,15 @@ def served(model_dir: Path) -> Iterator[str]:
 
 
 client = sdk_client
+
+
+def text_until_error(stream: Any) -> tuple[str, openai.APIError]:
+    """The text a streamed completion sent before it failed, and the SDK's error."""
+    got: list[str] = []
+    with pytest.raises(openai.APIError) as raised:
+        for chunk in stream:
+            got.append(chunk.choices[0].delta.content or "")
+    return "".join(got), raised.value
 
 
 def test_a_completion_with_the_sdks_defaults_is_the_greedy_answer(served, greedy):
@@ -226,13 +236,10 @@ def test_a_failure_mid_stream_raises_in_the_sdk(echo):
     stream = client(echo).chat.completions.create(
         model="echo", messages=say("one two boom four"), stream=True
     )
-    got: list[str] = []
-    with pytest.raises(openai.APIError) as raised:
-        for chunk in stream:
-            got.append(chunk.choices[0].delta.content or "")
-    assert "".join(got) == "one two "
-    assert raised.value.body["type"] == "server_error"
-    assert "secret" not in raised.value.message
+    got, error = text_until_error(stream)
+    assert got == "one two "
+    assert error.body["type"] == "server_error"
+    assert "secret" not in error.message
 
 
 def test_a_client_that_leaves_stops_the_generator(echo):
@@ -452,12 +459,9 @@ def test_the_batched_form_refuses_a_prompt_alone_fails_a_chat_alone_and_frees_a_
     stream = client(batched).chat.completions.create(
         model="echo", messages=say("boom two three"), stream=True
     )
-    got: list[str] = []
-    with pytest.raises(openai.APIError) as raised:
-        for chunk in stream:
-            got.append(chunk.choices[0].delta.content or "")
-    assert "".join(got) == "boom two "
-    assert "secret" not in raised.value.message
+    got, error = text_until_error(stream)
+    assert got == "boom two "
+    assert "secret" not in error.message
     forever = client(batched).chat.completions.create(
         model="echo", messages=say("forever"), stream=True
     )
