@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._http.origin_lock import OriginLock as OriginLock
     from ._http.origin_lock import apply_origin_lock as apply_origin_lock
     from ._http.router import ServiceRouter as ServiceRouter
+    from ._jobs.options import JobOptions as JobOptions
     from ._metrics import metrics_registry as metrics_registry
     from ._server import ModelServer as ModelServer
     from ._weights import HuggingFaceWeights as HuggingFaceWeights
@@ -38,6 +39,7 @@ __all__ = [
     "FileLimits",
     "HuggingFaceWeights",
     "InputError",
+    "JobOptions",
     "LocalWeights",
     "ModelServer",
     "OriginLock",
@@ -55,6 +57,7 @@ _WHERE = {
     "File": "._file",
     "FileLimits": "._file",
     "InputError": ".exceptions",
+    "JobOptions": "._jobs.options",
     "ModelServer": "._server",
     "RetryPolicy": "._config",
     "ServiceConfig": "._config",

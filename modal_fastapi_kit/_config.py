@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from ._jobs.options import JobOptions
 from .exceptions import ConfigError
 
 if TYPE_CHECKING:  # a service's module imports it; the client does not
@@ -235,6 +236,8 @@ class ServiceConfig:
     # -- browsers: CORS for pages on other origins (the apps the kit builds) ------------------
     cors_origins: tuple[str, ...] = ()
     cors_credentials: bool = False
+    # -- jobs: submit now, collect later (see _jobs/) -------------------------------------------
+    jobs: JobOptions | None = None
     # -- observability ------------------------------------------------------------------------
     metrics: bool = True
     auth_metrics: bool = True
@@ -340,6 +343,8 @@ def _normalise(name: str, value: Any) -> Any:
         return tuple(value)
     if name in ("env", "volumes") and isinstance(value, Mapping):
         return dict(value)
+    if name == "jobs" and isinstance(value, bool):  # jobs=True: the defaults
+        return JobOptions() if value else None
     return value
 
 
@@ -393,6 +398,7 @@ def _validate(c: ServiceConfig) -> None:
     _validate_web(c)
     _validate_server(c)
     _validate_auth(c)
+    _validate_jobs(c)
 
 
 def _validate_uploads(c: ServiceConfig) -> None:
@@ -428,6 +434,22 @@ def _validate_uploads(c: ServiceConfig) -> None:
         c.cors_credentials,
         "False unless cors_origins lists the origins that may send credentials",
     )
+
+
+def _validate_jobs(c: ServiceConfig) -> None:
+    if c.jobs is None:
+        return
+    if not isinstance(c.jobs, JobOptions):
+        raise ConfigError(
+            f"jobs={c.jobs!r} is invalid: expected True, or JobOptions(run_timeout=..., "
+            "retention=..., max_pending=...)"
+        )
+    if c.topology != "split":
+        raise ConfigError(
+            f"jobs with topology={c.topology!r}: on Modal a job is a spawned call of the GPU "
+            "class, which only topology='split' (the default) has; use topology='split', or "
+            "drop jobs"
+        )
 
 
 def _validate_auth(c: ServiceConfig) -> None:

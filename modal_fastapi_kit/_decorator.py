@@ -16,7 +16,7 @@ from ._file import file_fields
 from ._server import ModelServer, io_models
 from .exceptions import ConfigError
 
-__all__ = ["check_predict", "gpu_service"]
+__all__ = ["check_jobs", "check_predict", "gpu_service"]
 
 S = TypeVar("S", bound=type[ModelServer[Any, Any]])
 
@@ -30,7 +30,8 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
     ``max_body_bytes`` (64 MiB when the request model has ``File`` fields, else 1 MiB),
     ``upload_timeout``, ``allow_private_urls``, ``request_timeout``, ``stall_timeout``,
     ``first_chunk_timeout``, ``chunk_timeout``, ``cors_origins``, ``cors_credentials``,
-    ``gpu``, ``packages`` and the other Modal options.
+    ``jobs`` (``True`` or ``JobOptions(...)``: submit, status, result and cancel routes
+    beside the predict route), ``gpu``, ``packages`` and the other Modal options.
 
     >>> @gpu_service(gpu="A10", max_batch_size=32, route="/embed")
     ... class Embedder(ModelServer[EmbedIn, EmbedOut]): ...
@@ -64,6 +65,7 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
             api=getattr(cls, API_ATTR, None),
             files=files,
         )
+        check_jobs(spec)
         setattr(cls, SPEC_ATTR, spec)
         cls.request_model = request_model
         cls.response_model = response_model
@@ -88,6 +90,24 @@ def check_predict(cls: type, config: ServiceConfig) -> None:
         raise ConfigError(
             f"{cls.__qualname__} sets max_batch_size={config.max_batch_size} but defines only "
             "predict: define 'def predict_batch(self, items)' or set max_batch_size=1"
+        )
+
+
+def check_jobs(spec: ServiceSpec) -> None:
+    """Refuse ``jobs`` where a job would have no single answer to keep, or no route."""
+    if spec.config.jobs is None:
+        return
+    name = spec.server_cls.__qualname__
+    if spec.streaming:
+        raise ConfigError(
+            f"{name} streams its answers and sets jobs: a job keeps one answer to be read "
+            "later, a stream is read as it is made; drop jobs, or serve the long work from a "
+            "class whose predict returns (a job's progress can say how far it is)"
+        )
+    if spec.api is not None:
+        raise ConfigError(
+            f"{name} serves an OpenAI-compatible API and sets jobs: jobs go beside the kit's "
+            "own predict route; serve the long work from a ModelServer subclass of its own"
         )
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from ._core.spec import service_spec
 from ._file import File, FileAnswer
+from ._jobs.progress import report as report_progress
 from ._protocol import RequestT, ResponseT
 from ._weights import WEIGHTS_PATH_ATTR
 from .exceptions import ConfigError
@@ -70,6 +71,8 @@ class ModelServer(Generic[RequestT, ResponseT]):
       first chunk waits for at most the step in progress, not for the others to finish. A
       ``join`` or ``step`` that raises fails the items it was called for.
     - ``health() -> bool``: ``False`` makes ``/readyz`` answer 503. Keep it cheap.
+    - ``self.progress(fraction, message)`` (not a hook: call it from ``predict``): how far a
+      job is, shown by its status; it raises ``JobCanceled`` once the job was canceled.
     - ``unload()``: release resources at shutdown, after in-flight work drained.
 
     Sync hooks run on the service's one inference thread, so the model is never called from
@@ -123,6 +126,17 @@ class ModelServer(Generic[RequestT, ResponseT]):
         path = local_weights_path(source)
         setattr(self, WEIGHTS_PATH_ATTR, path)
         return path
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the job being run is: ``fraction`` from 0.0 to 1.0, ``message`` a
+        short line (200 characters are kept). A job's status shows the latest report; a
+        batch of jobs shares its reports. Outside a job (a plain request) it does nothing.
+
+        It raises ``JobCanceled`` once the job (every job of the batch) was canceled: let it
+        propagate, so that a sync ``predict`` stops there. Cheap enough to call often; the
+        runner writes reports out at most about once a second.
+        """
+        report_progress(fraction, message)
 
     # ``predict``, ``predict_batch`` and ``join`` / ``step`` / ``leave`` are deliberately not
     # defined here: a subclass defines the form it needs, and ``@gpu_service`` checks that it

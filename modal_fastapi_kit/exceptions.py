@@ -2,6 +2,7 @@
 
 KitError
 ├── ConfigError            a @gpu_service option or a ModelServer subclass is wrong
+├── JobCanceled            raised by ModelServer.progress() once its job was canceled
 └── ServingError           a request could not be answered; carries a status and a code
     ├── InputError         the request or the input is refused (4xx, its message is shown)
     ├── Unauthorized       no valid API key (401)
@@ -34,6 +35,7 @@ __all__ = [
     "DeadlineExceeded",
     "ErrorCode",
     "InputError",
+    "JobCanceled",
     "KitError",
     "LoadFailed",
     "ModelStalled",
@@ -75,6 +77,12 @@ class ErrorCode(str, enum.Enum):
     PREDICT_FAILED = "predict_failed"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     UPSTREAM_FAILED = "upstream_failed"
+    JOB_NOT_FOUND = "job_not_found"
+    JOB_EXPIRED = "job_expired"
+    JOB_CANCELED = "job_canceled"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    TOO_MANY_JOBS = "too_many_jobs"
+    WEBHOOK_REFUSED = "webhook_refused"
 
     def __str__(self) -> str:
         return self.value
@@ -104,6 +112,11 @@ class KitError(Exception):
 
 class ConfigError(KitError, ValueError):
     """A service option or a ModelServer subclass is invalid; raised at decoration time."""
+
+
+class JobCanceled(KitError):
+    """Raised by ``ModelServer.progress()`` when every job the call runs for was canceled:
+    let it propagate, and the model is free at once (the job already reads ``canceled``)."""
 
 
 class ServingError(KitError):
@@ -331,6 +344,30 @@ ERROR_CODES: Mapping[ErrorCode, CodeInfo] = MappingProxyType(
         ),
         ErrorCode.UPSTREAM_FAILED: CodeInfo(
             502, UpstreamError, Retry.UNSAFE, "the backend took the request and failed to run it"
+        ),
+        ErrorCode.JOB_NOT_FOUND: CodeInfo(
+            404, InputError, Retry.NEVER, "no job with this id for this API key"
+        ),
+        ErrorCode.JOB_EXPIRED: CodeInfo(
+            410, InputError, Retry.NEVER, "the job's result was kept for its retention and is gone"
+        ),
+        ErrorCode.JOB_CANCELED: CodeInfo(
+            409, InputError, Retry.NEVER, "the job was canceled; it has no result"
+        ),
+        ErrorCode.IDEMPOTENCY_KEY_REUSED: CodeInfo(
+            422,
+            InputError,
+            Retry.NEVER,
+            "the Idempotency-Key was used before with a different body",
+        ),
+        ErrorCode.TOO_MANY_JOBS: CodeInfo(
+            503, QueueFullError, Retry.SAFE, "max_pending jobs are queued or running"
+        ),
+        ErrorCode.WEBHOOK_REFUSED: CodeInfo(
+            422,
+            InputError,
+            Retry.NEVER,
+            "the webhook URL is refused (scheme, private address), or no secret signs webhooks",
         ),
     }
 )

@@ -17,6 +17,7 @@ the split topology, the colocated container), its hooks go through a ``ModelRunt
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
@@ -152,7 +153,12 @@ class ModelRuntime:
         self.load_seconds = (self.load_seconds or 0.0) + time.monotonic() - began
         if final:
             self.state = LoadState.READY
-            self.watchdog.start(self.config.stall_seconds, self.spec.name)
+            jobs = self.config.jobs
+            self.watchdog.start(
+                self.config.stall_seconds,
+                self.spec.name,
+                longest=None if jobs is None else jobs.run_timeout,
+            )
             phases = ", ".join(f"{hook} {s:.1f}s" for hook, s in self.phase_seconds.items())
             detail = f" ({phases})" if phases else ""
             logger.info("%s ready in %.1fs%s", self.spec.name, self.load_seconds, detail)
@@ -207,12 +213,14 @@ class ModelRuntime:
 
     # -- predict -----------------------------------------------------------------------------
 
-    async def run_batch(self, items: list[Any]) -> list[Outcome]:
-        """One outcome per item, in order: the response model, or that item's error."""
+    async def run_batch(self, items: list[Any], *, bound: float | None = None) -> list[Outcome]:
+        """One outcome per item, in order: the response model, or that item's error.
+        ``bound``: the seconds a model call may run before it counts as stuck, where not
+        ``stall_timeout`` (a job's ``run_timeout``)."""
         began = time.perf_counter()
         settled = await settle(
             items,
-            self._predict,
+            self._predict if bound is None else functools.partial(self._predict, bound=bound),
             blame=_blame,
             search=self.config.isolate_failures,
             cap=self.batch_cap.lowered,
@@ -254,24 +262,25 @@ class ModelRuntime:
             for outcome in settled
         ]
 
-    async def _predict(self, items: list[Any]) -> list[Outcome]:
+    async def _predict(self, items: list[Any], bound: float | None = None) -> list[Outcome]:
         """One call of the predict hook for ``items``; raises when it fails as a whole."""
         fn = getattr(self.instance, self._hook.name)
+        watched = self.watchdog.call
         try:
             if self._hook.batch:
-                results = await self.watchdog.call(fn, items)
+                results = await watched(fn, items, bound=bound)
                 self.outcomes.check_count(results, len(items))
             elif self._hook.asynchronous:
                 results = []
                 for item in items:
                     try:
-                        results.append(await self.watchdog.call(fn, item))
+                        results.append(await watched(fn, item, bound=bound))
                     except ModelStalled:
                         raise
                     except Exception as exc:
                         results.append(exc)
             else:
-                results = await self.watchdog.call(_each, fn, items)
+                results = await watched(_each, fn, items, bound=bound)
         except Exception as exc:
             if out_of_memory(exc):
                 free_cache()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import queue
 import threading
 import time
@@ -21,7 +22,13 @@ __all__ = ["InferenceThread"]
 
 T = TypeVar("T")
 
-_Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_Job = tuple[
+    contextvars.Context,
+    Callable[..., Any],
+    tuple[Any, ...],
+    asyncio.AbstractEventLoop,
+    "asyncio.Future[Any]",
+]
 
 
 class InferenceThread:
@@ -39,16 +46,16 @@ class InferenceThread:
 
     def call(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue ``fn(*args)``; the future (on the running loop) gets its result or exception.
-
-        A future that is done (cancelled or failed) before the call starts skips the call; a
-        call already running goes on.
+        It runs in a copy of the caller's context (``contextvars``), as ``asyncio.to_thread``
+        would run it. A future that is done (cancelled or failed) before the call starts
+        skips the call; a call already running goes on.
         """
         if not self._started:
             self._started = True
             self._thread.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((fn, args, loop, future))
+        self._jobs.put((contextvars.copy_context(), fn, args, loop, future))
         return future
 
     def close(self) -> None:
@@ -58,19 +65,27 @@ class InferenceThread:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            fn, args, loop, future = job
+            context, fn, args, loop, future = job
             if future.done():  # withdrawn, or failed by the watchdog while it waited
                 continue
             self.busy_since = time.monotonic()
             try:
-                result, error = fn(*args), None
+                result, error = context.run(fn, *args), None
             except BaseException as exc:  # handed to the caller, whatever it is
                 result, error = None, exc
             # Not busy before the caller hears the answer: a caller that stops the service
             # right after it must not find the thread still "busy" in a call that returned.
             self.busy_since = None
             _answer(loop, future, result, error)
-            del job, fn, args, future, result, error  # drop references before waiting again
+            del (
+                job,
+                context,
+                fn,
+                args,
+                future,
+                result,
+                error,
+            )  # drop references before waiting again
 
 
 def _answer(

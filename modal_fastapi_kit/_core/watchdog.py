@@ -3,12 +3,14 @@
 A call that runs past ``stall_timeout`` marks the model stalled: the calls waiting on the
 model fail with ``ModelStalled`` at once, new calls fail before they start, and the
 listeners hear it (the backend fails its queue; Modal's container stops taking inputs). If
-the stuck call ever returns, the model is marked healthy again.
+the stuck call ever returns, the model is marked healthy again. A call may bring a bound of
+its own (a job's ``run_timeout``, far longer than a request's): it is stuck only past that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -33,20 +35,25 @@ class Watchdog:
         self.thread = thread
         self.asynchronous = asynchronous
         self.stalled: ModelStalled | None = None
-        self._calls: dict[asyncio.Future[Any], float | None] = {}  # waiting -> async start
+        # waiting -> (start on the loop's clock for an async call, its own bound or None)
+        self._calls: dict[asyncio.Future[Any], tuple[float | None, float | None]] = {}
+        self._thread_bound: float | None = None  # the bound of the sync call running now
         self._listeners: list[Callable[[ModelStalled], None]] = []
         self._task: asyncio.Task[None] | None = None
 
     def add_listener(self, listener: Callable[[ModelStalled], None]) -> None:
         self._listeners.append(listener)
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call the model once (sync on the thread, async on the loop), watched for stalls."""
+    async def call(self, fn: Callable[..., Any], *args: Any, bound: float | None = None) -> Any:
+        """Call the model once (sync on the thread, async on the loop), watched for stalls:
+        past ``bound`` seconds when given, else past the watchdog's own bound."""
         if self.stalled is not None:
             raise self.stalled
         if not self.asynchronous:
+            if bound is not None:
+                fn = functools.partial(self._bounded, bound, fn)
             waiting: asyncio.Future[Any] = self.thread.call(fn, *args)
-            self._calls[waiting] = None
+            self._calls[waiting] = (None, bound)
             try:
                 return await waiting
             finally:
@@ -55,7 +62,7 @@ class Watchdog:
         waiting = loop.create_future()
         task = asyncio.ensure_future(fn(*args))
         task.add_done_callback(lambda t: _copy_result(t, waiting))
-        self._calls[waiting] = loop.time()
+        self._calls[waiting] = (loop.time(), bound)
         try:
             return await waiting
         finally:
@@ -63,12 +70,23 @@ class Watchdog:
             if not task.done():
                 task.cancel()  # the watchdog failed it, or the caller left
 
-    def start(self, bound: float | None, name: str) -> None:
-        """Check every call against ``bound`` seconds (``None``: never) from now on."""
-        if bound is None or self._task is not None:
+    def _bounded(self, bound: float, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the thread, with ``bound`` as the running call's bound."""
+        self._thread_bound = bound
+        try:
+            return fn(*args)
+        finally:
+            self._thread_bound = None
+
+    def start(self, bound: float | None, name: str, *, longest: float | None = None) -> None:
+        """Check every call against ``bound`` seconds (``None``: never) from now on; a call
+        with its own bound against that one. ``longest``: the longest bound a call will bring
+        (the watch runs for those calls even when ``bound`` is ``None``)."""
+        if (bound is None and longest is None) or self._task is not None:
             return
         self._task = asyncio.get_running_loop().create_task(
-            self._watch(bound), name=f"modal_fastapi_kit.watchdog[{name}]"
+            self._watch(bound, min(b for b in (bound, longest) if b is not None)),
+            name=f"modal_fastapi_kit.watchdog[{name}]",
         )
 
     def stop(self) -> None:
@@ -76,32 +94,42 @@ class Watchdog:
             self._task.cancel()
             self._task = None
 
-    async def _watch(self, bound: float) -> None:
-        interval = min(1.0, bound / 4)
+    async def _watch(self, bound: float | None, shortest: float) -> None:
+        interval = min(1.0, shortest / 4)
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            running = self._running_for(loop)
-            if running is not None and running > bound and self.stalled is None:
-                self._stall(running, bound)
-            elif self.stalled is not None and (running is None or running <= bound):
+            overdue = self._overdue(loop, bound)
+            if overdue is not None and self.stalled is None:
+                self._stall(*overdue)
+            elif self.stalled is not None and overdue is None:
                 logger.warning("%s: the stuck call returned; serving again", self.label)
                 self.stalled = None
 
-    def _running_for(self, loop: asyncio.AbstractEventLoop) -> float | None:
-        """How long the oldest model call in progress has run, in seconds, or None."""
+    def _overdue(
+        self, loop: asyncio.AbstractEventLoop, default: float | None
+    ) -> tuple[float, float, bool] | None:
+        """``(seconds running, bound, whether it is a call's own bound)`` of a model call in
+        progress past its bound, or None."""
+        found: list[tuple[float, float | None]] = []
         since = self.thread.busy_since
-        oldest = None if since is None else time.monotonic() - since
+        if since is not None:
+            found.append((time.monotonic() - since, self._thread_bound))
         now = loop.time()
-        for started in self._calls.values():
-            if started is not None and (oldest is None or now - started > oldest):
-                oldest = now - started
-        return oldest
+        for started, own in self._calls.values():
+            if started is not None:
+                found.append((now - started, own))
+        for running, own in found:
+            limit = default if own is None else own
+            if limit is not None and running > limit:
+                return running, limit, own is not None
+        return None
 
-    def _stall(self, running: float, bound: float) -> None:
+    def _stall(self, running: float, bound: float, own: bool) -> None:
+        option = "the job's run_timeout" if own else "stall_timeout"
         self.stalled = error = ModelStalled(
             f"{self.label} has been running for {running:.0f}s, past "
-            f"stall_timeout={bound:g}s; the model is stuck and this server cannot serve until "
+            f"{option}={bound:g}s; the model is stuck and this server cannot serve until "
             "it returns (restart it)"
         )
         logger.error("%s", error)
