@@ -4,9 +4,9 @@
 ``allow_private=True``, for tests and internal networks). Each hop, the first and every
 redirect (5 at most, followed here, not by httpx), is checked by the ``AddressGuard``
 (``_address_guard``, shared with whatever else reaches hosts for a client): its name
-is resolved once, every address checked, and the connection made to a checked address, while
-the ``Host`` header, the TLS SNI and the certificate check keep the name. No proxy from the
-environment is used: it would reach the name itself.
+is resolved once, every address checked, and the connection made to a checked address
+(``_pinned``), while the ``Host`` header, the TLS SNI and the certificate check keep the name.
+No proxy from the environment is used: it would reach the name itself.
 
 The body is streamed into a spooled temporary file (1 MiB in memory, then on disk) and cut off
 as soon as it passes the limit; the whole download, resolution included, runs within
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.message
-import functools
 import mimetypes
 import ssl
 import tempfile
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 
 from ._address_guard import AddressGuard, Destination, Refused, Unresolvable
 from ._file import DEFAULT_CONTENT_TYPE, File, FileLimits, bare_type
+from ._pinned import Unreachable, default_tls, send_pinned
 from .exceptions import ErrorCode, InputError
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ async def _download(
     import httpx
 
     url = _parse(raw, None)
-    context = tls or _default_tls()
+    context = tls or default_tls()
     timeout = httpx.Timeout(limits.url_timeout)
     for hop in range(MAX_REDIRECTS + 1):
         destination = await _check(guard, url, raw, hop)
@@ -197,33 +197,11 @@ async def _open(
 ) -> httpx.Response:
     """The answer to a GET of ``url`` from the first of its checked addresses that takes the
     connection."""
-    import httpx
-
-    headers = {
-        "Host": url.netloc.decode("ascii"),
-        "Accept": "*/*",
-        "Accept-Encoding": "identity",
-        "User-Agent": USER_AGENT,
-    }
-    extensions = {"sni_hostname": destination.host} if url.scheme == "https" else {}
-    tried: list[str] = []
-    for address in destination.addresses:
-        request = client.build_request(
-            "GET", url.copy_with(host=str(address)), headers=headers, extensions=extensions
-        )
-        try:
-            return await client.send(request, stream=True, follow_redirects=False)
-        except httpx.ConnectError as exc:
-            if _is_tls(exc):
-                raise _Failed(
-                    f"the TLS handshake with {destination.host} failed: its certificate is not "
-                    "valid for that name, or not from a trusted authority",
-                    f"{address}: {exc.__cause__!r}",
-                ) from None
-            tried.append(f"{address}: {exc!r}")
-    raise _Failed(
-        f"could not connect to {destination.host} on port {destination.port}", "; ".join(tried)
-    )
+    headers = {"Accept": "*/*", "Accept-Encoding": "identity", "User-Agent": USER_AGENT}
+    try:
+        return await send_pinned(client, "GET", url, destination, headers=headers)
+    except Unreachable as exc:
+        raise _Failed(str(exc), exc.internal) from None
 
 
 async def _body(
@@ -282,21 +260,3 @@ def _filename(disposition: str | None, path: str) -> str | None:
 
 def _status(response: httpx.Response) -> str:
     return f"{response.status_code} {response.reason_phrase}".strip()
-
-
-def _is_tls(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(8):  # httpx error <- httpcore error <- ssl.SSLError
-        if seen is None:
-            break
-        if isinstance(seen, ssl.SSLError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-@functools.cache
-def _default_tls() -> ssl.SSLContext:
-    import httpx
-
-    return httpx.create_ssl_context()
