@@ -18,6 +18,11 @@ stay apart. What is measured:
 ``mfk_load_seconds``                   seconds each load hook took, by ``phase`` (``load``,
                                        ``to_device``, ``warmup``)
 ``mfk_stream_chunks_total``            chunks handed to streams
+``mfk_jobs_total``                     jobs submitted (``state="queued"``) and jobs that
+                                       ended, by ``state``
+``mfk_job_queue_seconds``              time a job waited before it started running
+``mfk_job_run_seconds``                time a job ran, by the ``state`` it ended in
+``mfk_jobs_pending``                   jobs queued or running now
 =====================================  =================================================
 
 Apps the kit builds serve them at ``/metrics``; in your own app, serve
@@ -37,7 +42,14 @@ from prometheus_client.registry import Collector
 from ._core.spec import ServiceSpec
 from ._core.state import LoadState
 
-__all__ = ["ServiceMetrics", "metrics_for", "metrics_registry", "watch"]
+__all__ = [
+    "JobMetrics",
+    "ServiceMetrics",
+    "metrics_for",
+    "metrics_registry",
+    "watch",
+    "watch_jobs",
+]
 
 metrics_registry = CollectorRegistry(auto_describe=True)
 
@@ -105,6 +117,27 @@ _FAILED = Counter(
 _CHUNKS = Counter(
     "mfk_stream_chunks", "Chunks handed to streams", ["service"], registry=metrics_registry
 )
+_JOB_SECONDS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14_400, 43_200, 86_400)
+_JOBS = Counter(
+    "mfk_jobs",
+    "Jobs submitted (state=queued) and jobs that ended, by the state they ended in",
+    ["service", "state"],
+    registry=metrics_registry,
+)
+_JOB_QUEUE = Histogram(
+    "mfk_job_queue_seconds",
+    "Seconds a job waited before it started running",
+    ["service"],
+    buckets=(0.01, 0.1, 0.5, *_JOB_SECONDS),
+    registry=metrics_registry,
+)
+_JOB_RUN = Histogram(
+    "mfk_job_run_seconds",
+    "Seconds a job ran, by the state it ended in",
+    ["service", "state"],
+    buckets=(0.1, 0.5, *_JOB_SECONDS),
+    registry=metrics_registry,
+)
 
 
 class ServiceMetrics:
@@ -153,6 +186,25 @@ class ServiceMetrics:
         _LOAD_SECONDS.labels(self.service, phase).set(seconds)
 
 
+class JobMetrics:
+    """One service's job series."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._queue = _JOB_QUEUE.labels(service)
+
+    def submitted(self) -> None:
+        _JOBS.labels(self.service, "queued").inc()
+
+    def started(self, waited: float) -> None:
+        self._queue.observe(max(0.0, waited))
+
+    def ended(self, state: str, ran: float | None) -> None:
+        _JOBS.labels(self.service, state).inc()
+        if ran is not None:
+            _JOB_RUN.labels(self.service, state).observe(max(0.0, ran))
+
+
 _BY_SERVICE: dict[str, ServiceMetrics] = {}
 
 
@@ -170,9 +222,13 @@ class _Live(Collector):
 
     def __init__(self) -> None:
         self._backends: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._jobs: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
     def watch(self, service: str, backend: Any) -> None:
         self._backends[service] = backend
+
+    def watch_jobs(self, service: str, jobs: Any) -> None:
+        self._jobs[service] = jobs
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(
@@ -188,6 +244,13 @@ class _Live(Collector):
                 state.add_metric([service, each.value], 1.0 if each is current else 0.0)
         yield depth
         yield state
+        if self._jobs:
+            pending = GaugeMetricFamily(
+                "mfk_jobs_pending", "Jobs queued or running now", labels=["service"]
+            )
+            for service, jobs in list(self._jobs.items()):
+                pending.add_metric([service], jobs.pending)
+            yield pending
 
 
 _LIVE = _Live()
@@ -197,3 +260,8 @@ metrics_registry.register(_LIVE)
 def watch(service: str, backend: Any) -> None:
     """Report ``backend``'s queue depth and state under ``service`` (the latest one wins)."""
     _LIVE.watch(service, backend)
+
+
+def watch_jobs(service: str, jobs: Any) -> None:
+    """Report ``jobs.pending`` (a ``JobService``'s) under ``service`` (the latest one wins)."""
+    _LIVE.watch_jobs(service, jobs)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._core.recorder import Trace
 from .._core.spec import ServiceSpec
 from .._core.state import LoadState
+
+if TYPE_CHECKING:
+    from .._jobs.service import JobService
 
 __all__ = ["Backend", "LoadState"]
 
@@ -59,6 +62,11 @@ class Backend(Protocol):
 
     async def healthy(self) -> bool:
         """Whether the backend can serve now (loaded, and the model's ``health()`` agrees)."""
+        ...
+
+    def job_service(self) -> JobService | None:
+        """What keeps and runs this service's jobs (made once, by the router); None for a
+        service without ``jobs``."""
         ...
 
     def restart_reason(self) -> tuple[str, str] | None:

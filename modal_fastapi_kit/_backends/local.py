@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.batcher import Batcher, JoiningBatcher
 from .._core.recorder import NO_RECORDER, Recorder, Trace
@@ -14,6 +14,9 @@ from .._core.state import LoadState
 from .._core.streams import StreamBatch
 from .._metrics import metrics_for
 from ..exceptions import ErrorCode, LoadFailed, ModelStalled, NotReadyError
+
+if TYPE_CHECKING:
+    from .._jobs.service import JobService
 
 __all__ = ["LocalBackend"]
 
@@ -182,6 +185,14 @@ class LocalBackend:
 
     async def healthy(self) -> bool:
         return self.state is LoadState.READY and await self.runtime.healthy()
+
+    def job_service(self) -> JobService | None:
+        """The service's jobs in a SQLite file, run by this backend's runtime."""
+        if self.config.jobs is None:
+            return None
+        from .._jobs.local import LocalJobs
+
+        return LocalJobs(self.spec, self)
 
     def restart_reason(self) -> tuple[str, str] | None:
         stalled = self.runtime.stalled

@@ -30,32 +30,32 @@ a stream fails after its first chunk           ``event: error`` with the request
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from .._backends.base import Backend
 from .._core.spec import RouteNames, ServiceSpec
 from .._core.streams import ItemStream
 from .._file import files_in
-from .._metrics import metrics_for, watch
+from .._jobs.service import JobService
+from .._metrics import watch, watch_jobs
 from ..exceptions import DeadlineExceeded
 from .auth import ApiKeys, key_dependency
 from .direct import call_directly
+from .endpoint import annotate_item, late_error, prepare_endpoint, release_files, url_fetcher
 from .errors import REQUEST_ID_HEADER, ErrorBody, failure_response, request_id
 from .file_answer import close_after, file_response
 from .file_openapi import UPLOAD_ERRORS, FileBody, file_answer_responses, upload_docs
 from .health import HealthBody, liveness, readiness, register_service
-from .route import KitRoute, count_requests, limit_body
+from .jobs import add_job_routes
+from .route import KitRoute
 from .streaming import SSE_TYPE, StreamResponse, chunk_responses, wants_ndjson
 from .upload_call import take_uploads
-from .uploads import close_files, fetch_urls
+from .uploads import close_files
 from .waiting import ClientGone, outcomes, wait_for_disconnect
 
 __all__ = [
@@ -64,8 +64,6 @@ __all__ = [
     "ServiceRouter",
     "build_router",
     "first_chunk",
-    "late_error",
-    "prepare_endpoint",
 ]
 
 _JSON = "application/json"
@@ -82,11 +80,13 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 class ServiceRouter(APIRouter):
-    """An ``APIRouter`` that also exposes the backend it serves (for progress and tests)."""
+    """An ``APIRouter`` that also exposes the backend it serves (for progress and tests), and
+    its jobs (``None`` without ``jobs``)."""
 
-    def __init__(self, backend: Backend, **kwargs: Any) -> None:
+    def __init__(self, backend: Backend, jobs: JobService | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backend = backend
+        self.jobs = jobs
 
 
 class _EventStream(Response):
@@ -116,6 +116,7 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
         return await readiness(request, backend)
 
     routes: list[RouteNames] = []
+    jobs = backend.job_service() if config.jobs is not None else None
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -125,12 +126,22 @@ def build_router(spec: ServiceSpec, backend: Backend) -> ServiceRouter:
             watch(config.name, backend)
         await backend.start()
         try:
+            if jobs is not None:
+                await jobs.start()
+                if config.metrics:
+                    watch_jobs(config.name, jobs)
             yield
         finally:
-            await backend.stop()
+            try:
+                if jobs is not None:
+                    await jobs.stop()
+            finally:
+                await backend.stop()
 
-    router = ServiceRouter(backend, lifespan=lifespan, route_class=KitRoute)
+    router = ServiceRouter(backend, jobs, lifespan=lifespan, route_class=KitRoute)
     routes.append((spec.api or PREDICT_API).add_routes(router, spec, backend, guard))
+    if jobs is not None:
+        routes.append(add_job_routes(router, spec, jobs, guard))
     health = {kind: f"{config.name}.{kind}" for kind in ("healthz", "readyz")}
     routes.append(RouteNames(shared=health))
     router.add_api_route(
@@ -213,7 +224,7 @@ PREDICT_API = PredictApi()
 def _endpoint(spec: ServiceSpec, backend: Backend) -> Any:
     late = late_error("a result", "request_timeout", spec.config.request_timeout)
     takes_files = bool(spec.files)
-    fetch = _fetcher(spec)
+    fetch = url_fetcher(spec)
 
     async def predict(request: Request, item: Any) -> Response:
         rid = request_id(request)
@@ -226,7 +237,7 @@ def _endpoint(spec: ServiceSpec, backend: Backend) -> Any:
             return Response(status_code=499)  # the client is gone; nobody reads this
         except Exception as exc:
             if takes_files:
-                _release(item, exc)
+                release_files(item, exc)
             return failure_response(exc, rid)
         if spec.answers_file:
             files = [*files_in(item), result.root] if takes_files else [result.root]
@@ -236,7 +247,7 @@ def _endpoint(spec: ServiceSpec, backend: Backend) -> Any:
             close_files(files_in(item))
         return Response(body, media_type=_JSON, headers={REQUEST_ID_HEADER: rid})
 
-    _annotate(predict, spec.request_model)
+    annotate_item(predict, spec.request_model)
     call_directly(predict, spec.request_model)
     return predict
 
@@ -246,7 +257,7 @@ def _stream_endpoint(spec: ServiceSpec, backend: Backend) -> Any:
     late = late_error("a first chunk", "first_chunk_timeout", config.first_chunk_seconds)
 
     takes_files = bool(spec.files)
-    fetch = _fetcher(spec)
+    fetch = url_fetcher(spec)
 
     async def predict(request: Request, item: Any) -> Response:
         rid = request_id(request)
@@ -259,7 +270,7 @@ def _stream_endpoint(spec: ServiceSpec, backend: Backend) -> Any:
             return Response(status_code=499)
         except Exception as exc:
             if takes_files:
-                _release(item, exc)
+                release_files(item, exc)
             return failure_response(exc, rid)
         response = StreamResponse(
             stream,
@@ -270,7 +281,7 @@ def _stream_endpoint(spec: ServiceSpec, backend: Backend) -> Any:
         )
         return close_after(response, files_in(item)) if takes_files else response
 
-    _annotate(predict, spec.request_model)
+    annotate_item(predict, spec.request_model)
     call_directly(predict, spec.request_model)
     return predict
 
@@ -299,44 +310,3 @@ async def first_chunk(
     if stream.closed:
         raise ClientGone
     return stream, first
-
-
-def prepare_endpoint(endpoint: Any, spec: ServiceSpec) -> None:
-    """What ``KitRoute`` does around an endpoint of ``spec``'s API: refuse bodies over
-    ``max_body_bytes`` (and, where the request model has ``File`` fields, bodies not all
-    there within ``upload_timeout``), and count each answer in the service's metrics."""
-    # A route that takes files bounds how long its body may take; a JSON route's clock
-    # would cost every request a timer for bodies of a few bytes.
-    upload_timeout = spec.config.upload_timeout if spec.files else None
-    limit_body(endpoint, spec.config.max_body_bytes, upload_timeout)
-    count_requests(endpoint, metrics_for(spec) if spec.config.metrics else None)
-
-
-def late_error(what: str, option: str, seconds: float) -> DeadlineExceeded:
-    """The error for a request whose deadline ``option`` passed before ``what`` came."""
-    return DeadlineExceeded(f"no {what.removeprefix('a ')} within {option}={seconds:g}s")
-
-
-def _fetcher(spec: ServiceSpec) -> Callable[[Any], Awaitable[None]]:
-    """What downloads the files of an item given as URLs, before it is submitted."""
-    config = spec.config
-    return functools.partial(
-        fetch_urls, allow_private=config.allow_private_urls, max_bytes=config.max_body_bytes
-    )
-
-
-def _release(item: Any, error: Exception) -> None:
-    """Close the files of a request that failed, unless the model may still be reading
-    them (a deadline passed while it ran): those go when it lets go of the item."""
-    if not isinstance(error, DeadlineExceeded):
-        close_files(files_in(item))
-
-
-def _annotate(endpoint: Any, request_model: type[BaseModel]) -> None:
-    """Give ``endpoint`` the signature FastAPI reads: ``item`` is the request model."""
-    signature = inspect.signature(endpoint)
-    params = [
-        p.replace(annotation=request_model) if p.name == "item" else p.replace(annotation=Request)
-        for p in signature.parameters.values()
-    ]
-    endpoint.__signature__ = signature.replace(parameters=params, return_annotation=Response)

@@ -35,6 +35,7 @@ __all__ = [
     "JobStatus",
     "WebhookState",
     "WebhookStatus",
+    "job_links",
 ]
 
 
@@ -104,6 +105,12 @@ class JobLinks(BaseModel):
     status: str
     result: str
     cancel: str
+
+
+def job_links(jobs_url: str, job_id: str) -> JobLinks:
+    """The links of job ``job_id`` of the service whose submit route is at ``jobs_url``."""
+    own = f"{jobs_url.rstrip('/')}/{job_id}"
+    return JobLinks(status=own, result=f"{own}/result", cancel=f"{own}/cancel")
 
 
 class JobStatus(BaseModel):

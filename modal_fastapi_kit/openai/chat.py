@@ -37,8 +37,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from .._core.spec import Api, RouteNames, ServiceSpec
+from .._http.endpoint import late_error, prepare_endpoint
 from .._http.errors import REQUEST_ID_HEADER, request_id
-from .._http.router import first_chunk, late_error, prepare_endpoint
+from .._http.router import first_chunk
 from .._http.streaming import SSE_TYPE
 from .._http.waiting import ClientGone
 from .._server import ModelServer

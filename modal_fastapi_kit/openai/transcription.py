@@ -34,8 +34,8 @@ from fastapi.responses import Response
 
 from .._core.spec import Api, RouteNames, ServiceSpec
 from .._file import DEFAULT_CONTENT_TYPE, File, FileLimits, bare_type
+from .._http.endpoint import late_error, prepare_endpoint
 from .._http.errors import REQUEST_ID_HEADER, request_id
-from .._http.router import late_error, prepare_endpoint
 from .._http.waiting import ClientGone, outcomes
 from .._server import ModelServer
 from ..exceptions import ConfigError, InputError
