@@ -49,6 +49,7 @@ PUBLIC_MODULES = [
     "modal_fastapi_kit.openai",
     "modal_fastapi_kit.testing",
     "modal_fastapi_kit.client",
+    "modal_fastapi_kit.webhooks",
     "modal_fastapi_kit.checks",
 ]
 
