@@ -117,14 +117,20 @@ def test_the_client_and_the_shared_modules_import_nothing_of_the_server():
             seen.add(module)
             todo.extend(graph[module])
     # _weights: the weight sources a config names, on the standard library alone; _file: the
-    # File type, on pydantic alone.
+    # File type, on pydantic alone; _jobs.status and _jobs.options: a job's status document
+    # and the options a config names, on pydantic alone.
     allowed = below | {
         f"{ROOT}._core",
         f"{ROOT}._core.spec",
         f"{ROOT}._config",
         f"{ROOT}._weights",
         f"{ROOT}._file",
+        f"{ROOT}._jobs",
+        f"{ROOT}._jobs.options",
+        f"{ROOT}._jobs.status",
     }
     assert seen <= allowed, seen - allowed
     assert graph[f"{ROOT}._file"] <= {f"{ROOT}.exceptions"}
+    for module in ("_jobs.options", "_jobs.status"):
+        assert graph[f"{ROOT}.{module}"] <= {f"{ROOT}.exceptions", f"{ROOT}._jobs"}
     assert graph[f"{ROOT}._weights"] <= {f"{ROOT}.exceptions"}

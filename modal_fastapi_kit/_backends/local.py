@@ -75,6 +75,12 @@ class LocalBackend:
         return self._batcher
 
     @property
+    def max_batch_size(self) -> int:
+        """The most items a batch holds now (``max_batch_size``, or the lowered cap)."""
+        batcher = self._batcher
+        return self.config.max_batch_size if batcher is None else batcher.max_batch_size
+
+    @property
     def queue_depth(self) -> int:
         return 0 if self._batcher is None else self._batcher.queue_size
 

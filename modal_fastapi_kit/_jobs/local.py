@@ -29,7 +29,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -54,10 +54,7 @@ from .sqlite import Claimed, NewJob, SqliteJobStore, WebhookDue, runner_name
 from .status import JobInfo, JobProgress, JobState, WebhookState, WebhookStatus, job_links
 from .webhooks import WebhookSigner, retry_delay, send_once, webhook_event
 
-if TYPE_CHECKING:
-    from .._backends.local import LocalBackend
-
-__all__ = ["STORE_ENV", "LocalJobs", "store_path"]
+__all__ = ["STORE_ENV", "LocalJobs", "Serving", "store_path"]
 
 logger = logging.getLogger("modal_fastapi_kit")
 
@@ -76,10 +73,25 @@ def store_path(spec: ServiceSpec, options: JobOptions) -> Path:
     return Path(chosen) if chosen else Path(".mfk") / "jobs" / f"{spec.config.name}.sqlite3"
 
 
+class Serving(Protocol):
+    """What the runner needs of the backend it shares the model with (``LocalBackend``)."""
+
+    @property
+    def state(self) -> LoadState: ...
+
+    @property
+    def runtime(self) -> ModelRuntime: ...
+
+    @property
+    def max_batch_size(self) -> int:
+        """The most jobs to claim at once: the batch cap now."""
+        ...
+
+
 class LocalJobs:
     """The ``JobService`` of a ``LocalBackend``."""
 
-    def __init__(self, spec: ServiceSpec, backend: LocalBackend) -> None:
+    def __init__(self, spec: ServiceSpec, backend: Serving) -> None:
         options = spec.config.jobs
         assert options is not None
         self.spec = spec
@@ -228,10 +240,7 @@ class LocalJobs:
         while True:
             runtime = await self._ready_runtime()
             claimed = await asyncio.to_thread(
-                self.store.claim,
-                self.backend.batcher.max_batch_size if self.backend.batcher else 1,
-                self.runner,
-                now=time.time(),
+                self.store.claim, self.backend.max_batch_size, self.runner, now=time.time()
             )
             if not claimed:
                 self._wake.clear()
