@@ -41,8 +41,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import httpx
@@ -149,14 +151,17 @@ def serve(
     ``/readyz``, ``/metrics``), or an ASGI app that mounts services (then ``readyz`` is the
     path of their readiness route, e.g. ``"/ml/readyz"``). ``headers`` go with every request,
     the readiness probes included (a key, when ``auth_readyz=True``). On exit the app shuts
-    down: in-flight work drains and ``unload()`` runs.
+    down: in-flight work drains and ``unload()`` runs. A class with ``jobs`` keeps them in a
+    temporary file, removed on exit (unless ``JobOptions.store`` or ``$MFK_JOBS_DB`` names
+    one).
     """
-    app, backend, label = _serving(target)
-    with TestClient(app, headers=dict(headers or {})) as client:
-        probe = _Readiness(label, readyz, ready_timeout, backend)
-        while not probe.ready(client.get(readyz)):
-            time.sleep(_POLL)
-        yield client
+    with tempfile.TemporaryDirectory(prefix="mfk-jobs-") as scratch:
+        app, backend, label = _serving(target, scratch)
+        with TestClient(app, headers=dict(headers or {})) as client:
+            probe = _Readiness(label, readyz, ready_timeout, backend)
+            while not probe.ready(client.get(readyz)):
+                time.sleep(_POLL)
+            yield client
 
 
 @contextlib.asynccontextmanager
@@ -173,7 +178,20 @@ async def aserve(
     httpx's ``ASGITransport`` hands over a response when it is complete, so a stream's chunks
     arrive together at its end; test their timing against a real server.
     """
-    app, backend, label = _serving(target)
+    with tempfile.TemporaryDirectory(prefix="mfk-jobs-") as scratch:
+        async with _aserving(target, scratch, ready_timeout, readyz, headers) as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def _aserving(
+    target: type[ModelServer[Any, Any]] | ASGIApp,
+    scratch: str,
+    ready_timeout: float,
+    readyz: str,
+    headers: Mapping[str, str] | None,
+) -> AsyncIterator[httpx.AsyncClient]:
+    app, backend, label = _serving(target, scratch)
     lifespan = _Lifespan(app)
     await lifespan.startup()
     try:
@@ -191,11 +209,15 @@ async def aserve(
         await lifespan.shutdown()
 
 
-def _serving(target: type[ModelServer[Any, Any]] | ASGIApp) -> tuple[ASGIApp, Backend | None, str]:
-    """The app to run, the backend of its service (for a class), and its name for messages."""
+def _serving(
+    target: type[ModelServer[Any, Any]] | ASGIApp, scratch: str
+) -> tuple[ASGIApp, Backend | None, str]:
+    """The app to run, the backend of its service (for a class), and its name for messages;
+    a service with jobs keeps them in ``scratch`` unless told where."""
     if isinstance(target, type):
         spec = service_spec(target)
-        router = service_router(spec)
+        store = Path(scratch) / f"{spec.config.name}.sqlite3" if spec.config.jobs else None
+        router = service_router(spec, jobs_store=store) if store else service_router(spec)
         return service_app(spec, router), router.backend, spec.name
     if not callable(target):
         raise ConfigError(

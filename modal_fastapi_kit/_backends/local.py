@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._core.batcher import Batcher, JoiningBatcher
@@ -33,9 +34,17 @@ class LocalBackend:
     ``runtime``: one that is already loaded (the colocated container's, loaded by Modal's
     ``@enter``); this backend then neither loads nor unloads it. Without it the backend builds
     its own runtime, loads it in the background on ``start`` and unloads it on ``stop``.
+    ``jobs_store``: the SQLite file of the service's jobs, where ``JobOptions.store`` and
+    ``$MFK_JOBS_DB`` give none (``testing.serve`` passes a temporary one).
     """
 
-    def __init__(self, spec: ServiceSpec, *, runtime: ModelRuntime | None = None) -> None:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        *,
+        runtime: ModelRuntime | None = None,
+        jobs_store: str | Path | None = None,
+    ) -> None:
         self.spec = spec
         self.config = spec.config
         self.recorder: Recorder = metrics_for(spec) if spec.config.metrics else NO_RECORDER
@@ -45,6 +54,7 @@ class LocalBackend:
         if runtime is not None and spec.config.metrics:  # the container's: count its failures
             runtime.recorder = self.recorder
         self._owns_runtime = runtime is None
+        self.jobs_store = jobs_store
         self._batcher: Batcher[Any] | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._started = False
@@ -198,7 +208,7 @@ class LocalBackend:
             return None
         from .._jobs.local import LocalJobs
 
-        return LocalJobs(self.spec, self)
+        return LocalJobs(self.spec, self, path=self.jobs_store)
 
     def restart_reason(self) -> tuple[str, str] | None:
         stalled = self.runtime.stalled

@@ -66,10 +66,10 @@ POLL_SECONDS = 1.0  # a waiting runner or long-poll looks at the file this often
 WEBHOOKS_AT_ONCE = 16
 
 
-def store_path(spec: ServiceSpec, options: JobOptions) -> Path:
+def store_path(spec: ServiceSpec, options: JobOptions, fallback: str | Path | None = None) -> Path:
     """Where ``spec``'s jobs are kept: ``JobOptions.store``, else ``$MFK_JOBS_DB``, else
-    ``.mfk/jobs/<service name>.sqlite3`` under the working directory."""
-    chosen = options.store or os.environ.get(STORE_ENV)
+    ``fallback``, else ``.mfk/jobs/<service name>.sqlite3`` under the working directory."""
+    chosen = options.store or os.environ.get(STORE_ENV) or fallback
     return Path(chosen) if chosen else Path(".mfk") / "jobs" / f"{spec.config.name}.sqlite3"
 
 
@@ -91,14 +91,16 @@ class Serving(Protocol):
 class LocalJobs:
     """The ``JobService`` of a ``LocalBackend``."""
 
-    def __init__(self, spec: ServiceSpec, backend: Serving) -> None:
+    def __init__(
+        self, spec: ServiceSpec, backend: Serving, *, path: str | Path | None = None
+    ) -> None:
         options = spec.config.jobs
         assert options is not None
         self.spec = spec
         self.options = options
         self.backend = backend
         self.store = SqliteJobStore(
-            store_path(spec, options), spec.config.name, retention=options.retention
+            store_path(spec, options, path), spec.config.name, retention=options.retention
         )
         self.runner = runner_name()
         self.signer = WebhookSigner.from_environment(options)
