@@ -1,8 +1,8 @@
-"""Frozen, validated service configuration and its named defaults.
+"""``ServiceConfig``: the frozen, validated configuration ``@gpu_service(...)`` records.
 
-``ServiceConfig`` is what ``@gpu_service(...)`` records on a class. It is built once, at
-decoration time, and every field is checked there: a bad option fails where it is written,
-with the value echoed and the fix spelled out.
+It is built once, at decoration time, and every field is checked there: a bad option fails
+where it is written, with the value echoed and the fix spelled out. The named defaults and
+bounds are in ``_config_values`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -16,6 +16,39 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from ._config_values import (
+    DEFAULT_API_KEYS_ENV,
+    DEFAULT_CHUNK_TIMEOUT,
+    DEFAULT_FILE_MAX_BODY_BYTES,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONCURRENT_INPUTS,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RETRY_POLICY,
+    DEFAULT_ROUTE,
+    DEFAULT_SCALEDOWN_WINDOW,
+    DEFAULT_SERVER_PORT,
+    DEFAULT_TIMEOUT,
+    DEFAULT_UPLOAD_TIMEOUT,
+    DEFAULT_WAIT_MS,
+    DEFAULT_WEB_MAX_INPUTS,
+    KNOWN_GPUS,
+    MAX_EXIT_GRACE_PERIOD,
+    MAX_GPU_COUNT,
+    MAX_MODAL_BATCH_SIZE,
+    MAX_MODAL_WAIT_MS,
+    MODAL_WEB_TIMEOUT,
+    RENAMED_OPTIONS,
+    SERVER_DRAIN_MARGIN,
+    STALL_FACTOR,
+    TOPOLOGIES,
+    RetryPolicy,
+    Topology,
+    check,
+    is_int,
+    is_number,
+)
 from ._jobs.options import JobOptions
 from .exceptions import ConfigError
 
@@ -39,132 +72,14 @@ __all__ = [
     "DEFAULT_WAIT_MS",
     "DEFAULT_WEB_MAX_INPUTS",
     "KNOWN_GPUS",
+    "MODAL_WEB_TIMEOUT",
+    "TOPOLOGIES",
     "RetryPolicy",
     "ServiceConfig",
     "Topology",
+    "check_option_names",
+    "option_names",
 ]
-
-DEFAULT_ROUTE = "/predict"
-DEFAULT_MAX_BATCH_SIZE = 1
-DEFAULT_WAIT_MS = 5.0
-DEFAULT_MAX_CONCURRENT_INPUTS = 64
-DEFAULT_MAX_QUEUE_SIZE = 1024
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-# A service whose request model has a File field takes bodies up to this by default: a photo,
-# a few minutes of audio, a document. Larger inputs belong on a Volume or in a bucket.
-DEFAULT_FILE_MAX_BODY_BYTES = 64 * 1024 * 1024
-# How long a request's body may take to arrive (a slow upload is cut with a 408).
-DEFAULT_UPLOAD_TIMEOUT = 60.0
-# Modal cuts web requests at 150 s; a deadline below that answers 504 before the client
-# gets Modal's 303 redirect.
-DEFAULT_REQUEST_TIMEOUT = 60.0
-DEFAULT_TIMEOUT = 300
-DEFAULT_SCALEDOWN_WINDOW = 120
-DEFAULT_WEB_MAX_INPUTS = 256
-# topology="server": the port the container's HTTP server listens on, the seconds past
-# request_timeout that draining may take on shutdown, and Modal's cap on that grace period.
-DEFAULT_SERVER_PORT = 8000
-SERVER_DRAIN_MARGIN = 5
-MAX_EXIT_GRACE_PERIOD = 3600
-# A stream's chunks: the first within request_timeout unless set, then at most this far apart.
-DEFAULT_CHUNK_TIMEOUT = 30.0
-DEFAULT_API_KEYS_ENV = "MFK_API_KEYS"
-# stall_timeout="auto": a model call this many times request_timeout long is stuck, since
-# every request waiting on it has already been answered 504.
-STALL_FACTOR = 2.0
-
-MODAL_WEB_TIMEOUT = 150.0
-MAX_MODAL_BATCH_SIZE = 1000
-MAX_MODAL_WAIT_MS = 600_000
-MAX_GPU_COUNT = 8
-
-# GPU type names Modal accepts (case-insensitive), as in `gpu="A10"` or `gpu="H100:2"`.
-KNOWN_GPUS = (
-    "T4",
-    "L4",
-    "A10",
-    "A10G",
-    "A100",
-    "A100-40GB",
-    "A100-80GB",
-    "L40S",
-    "H100",
-    "H100!",
-    "H200",
-    "B200",
-    "B200+",
-    "RTX-PRO-6000",
-    "ANY",
-)
-
-Topology = Literal["split", "colocated", "server"]
-TOPOLOGIES: tuple[Topology, ...] = ("split", "colocated", "server")
-
-# Names a user may reach for, from Modal's retired options (keep_warm, ...) and from other
-# serving libraries (batch_size, pip, ...): each gets the kit's own spelling in the error.
-RENAMED_OPTIONS = {
-    "keep_warm": "min_containers",
-    "concurrency_limit": "max_containers",
-    "container_idle_timeout": "scaledown_window",
-    "allow_concurrent_inputs": "max_concurrent_inputs",
-    "path": "route",
-    "batch_size": "max_batch_size",
-    "max_wait_ms": "wait_ms",
-    "batch_wait_ms": "wait_ms",
-    "pip": "packages",
-    "pip_packages": "packages",
-    "image_packages": "packages",
-}
-
-# An app name and a web label: what Modal accepts in a modal.run host name.
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
-_HOST_RE = re.compile(
-    r"^(\*\.)?(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", re.IGNORECASE
-)
-_ROUTE_RE = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
-_PY_RE = re.compile(r"^3\.(1[0-9])$")
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """Retries for the GPU class on Modal; maps to ``modal.Retries``.
-
-    Only failed *inputs* are retried by Modal (a crash or an exception in ``predict``), never
-    a web request: Modal rejects retries on web functions.
-    """
-
-    max_retries: int
-    backoff_coefficient: float = 2.0
-    initial_delay: float = 1.0
-    max_delay: float = 60.0
-
-    def __post_init__(self) -> None:
-        _check(
-            isinstance(self.max_retries, int) and 0 <= self.max_retries <= 10,
-            "RetryPolicy.max_retries",
-            self.max_retries,
-            "an int from 0 to 10 (Modal's bounds)",
-        )
-        _check(
-            1.0 <= self.backoff_coefficient <= 10.0,
-            "RetryPolicy.backoff_coefficient",
-            self.backoff_coefficient,
-            "a number from 1.0 to 10.0",
-        )
-        _check(
-            0.0 <= self.initial_delay <= 60.0,
-            "RetryPolicy.initial_delay",
-            self.initial_delay,
-            "seconds from 0 to 60",
-        )
-        _check(
-            1.0 <= self.max_delay <= 60.0,
-            "RetryPolicy.max_delay",
-            self.max_delay,
-            "seconds from 1 to 60",
-        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -348,29 +263,18 @@ def _normalise(name: str, value: Any) -> Any:
     return value
 
 
-def _check(ok: bool, name: str, value: object, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}={value!r} is invalid: expected {expected}")
-
-
-# Inference is recomputable: an input whose container crashed (out of memory, a lost GPU) is
-# run again, twice at most, after 1 s then 2 s. A predict that raises is not retried: its
-# error is the item's answer (see _core/wire.py), and the same input would fail again.
-DEFAULT_RETRY_POLICY = RetryPolicy(
-    max_retries=2, backoff_coefficient=2.0, initial_delay=1.0, max_delay=10.0
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+_HOST_RE = re.compile(
+    r"^(\*\.)?(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", re.IGNORECASE
 )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+_ROUTE_RE = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+_PY_RE = re.compile(r"^3\.(1[0-9])$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _validate(c: ServiceConfig) -> None:
-    _check(
+    check(
         isinstance(c.name, str) and bool(_NAME_RE.match(c.name)),
         "name",
         c.name,
@@ -378,14 +282,14 @@ def _validate(c: ServiceConfig) -> None:
     )
     _validate_route(c.route)
     _validate_batching(c)
-    _check(
-        _is_int(c.max_body_bytes) and c.max_body_bytes > 0,
+    check(
+        is_int(c.max_body_bytes) and c.max_body_bytes > 0,
         "max_body_bytes",
         c.max_body_bytes,
         "a positive int of bytes, e.g. 1_048_576 for 1 MiB",
     )
-    _check(
-        _is_number(c.request_timeout) and 0 < c.request_timeout <= MODAL_WEB_TIMEOUT,
+    check(
+        is_number(c.request_timeout) and 0 < c.request_timeout <= MODAL_WEB_TIMEOUT,
         "request_timeout",
         c.request_timeout,
         f"seconds in (0, {MODAL_WEB_TIMEOUT:g}]; Modal cuts web requests at 150 s, "
@@ -402,33 +306,33 @@ def _validate(c: ServiceConfig) -> None:
 
 
 def _validate_uploads(c: ServiceConfig) -> None:
-    _check(
-        _is_number(c.upload_timeout) and c.upload_timeout > 0,
+    check(
+        is_number(c.upload_timeout) and c.upload_timeout > 0,
         "upload_timeout",
         c.upload_timeout,
         "seconds > 0 a request's body may take to arrive, e.g. 60",
     )
-    _check(
+    check(
         isinstance(c.allow_private_urls, bool),
         "allow_private_urls",
         c.allow_private_urls,
         "True or False",
     )
     for origin in c.cors_origins:
-        _check(
+        check(
             isinstance(origin, str) and bool(_ORIGIN_RE.match(origin)),
             "cors_origins",
             c.cors_origins,
             "exact origins like 'https://app.example.com' (scheme, host, optional port; no "
             "path, no '*')",
         )
-    _check(
+    check(
         isinstance(c.cors_credentials, bool),
         "cors_credentials",
         c.cors_credentials,
         "True or False",
     )
-    _check(
+    check(
         not c.cors_credentials or bool(c.cors_origins),
         "cors_credentials",
         c.cors_credentials,
@@ -453,15 +357,15 @@ def _validate_jobs(c: ServiceConfig) -> None:
 
 
 def _validate_auth(c: ServiceConfig) -> None:
-    _check(c.auth in ("none", "api-key"), "auth", c.auth, "'none' or 'api-key'")
-    _check(
+    check(c.auth in ("none", "api-key"), "auth", c.auth, "'none' or 'api-key'")
+    check(
         isinstance(c.api_keys_env, str) and bool(_ENV_RE.match(c.api_keys_env)),
         "api_keys_env",
         c.api_keys_env,
         "the name of an environment variable, e.g. 'MFK_API_KEYS'",
     )
     if c.api_keys_secret is not None:
-        _check(
+        check(
             isinstance(c.api_keys_secret, str) and bool(c.api_keys_secret),
             "api_keys_secret",
             c.api_keys_secret,
@@ -478,8 +382,8 @@ def _validate_auth(c: ServiceConfig) -> None:
 
 
 def _validate_stall_and_streams(c: ServiceConfig) -> None:
-    _check(
-        _is_int(c.load_retries) and 0 <= c.load_retries <= 10,
+    check(
+        is_int(c.load_retries) and 0 <= c.load_retries <= 10,
         "load_retries",
         c.load_retries,
         "an int from 0 to 10: how often a failed load() is tried again (with backoff)",
@@ -487,22 +391,22 @@ def _validate_stall_and_streams(c: ServiceConfig) -> None:
     if c.isolate_failures not in (True, False):
         raise ConfigError(f"isolate_failures={c.isolate_failures!r}: expected a bool")
     if c.stall_timeout not in ("auto", None):
-        _check(
-            _is_number(c.stall_timeout) and c.stall_timeout > 0,  # type: ignore[operator]
+        check(
+            is_number(c.stall_timeout) and c.stall_timeout > 0,  # type: ignore[operator]
             "stall_timeout",
             c.stall_timeout,
             "seconds > 0 that one model call may take before the model counts as stuck, "
             "'auto' (2 x request_timeout) or None (never)",
         )
     if c.first_chunk_timeout is not None:
-        _check(
-            _is_number(c.first_chunk_timeout) and c.first_chunk_timeout > 0,
+        check(
+            is_number(c.first_chunk_timeout) and c.first_chunk_timeout > 0,
             "first_chunk_timeout",
             c.first_chunk_timeout,
             "seconds > 0 a stream may take to its first chunk, or None for request_timeout",
         )
-    _check(
-        _is_number(c.chunk_timeout) and c.chunk_timeout > 0,
+    check(
+        is_number(c.chunk_timeout) and c.chunk_timeout > 0,
         "chunk_timeout",
         c.chunk_timeout,
         "seconds > 0 allowed between two chunks of a stream",
@@ -516,13 +420,13 @@ def _validate_route(route: str) -> None:
             if isinstance(route, str)
             else f"route={route!r} is invalid: expected a path string such as '/embed'"
         )
-    _check(
+    check(
         bool(_ROUTE_RE.match(route)),
         "route",
         route,
         "a path of letters, digits, '.', '_', '~', '-' and '/' with no trailing '/', e.g. '/embed'",
     )
-    _check(
+    check(
         route not in ("/healthz", "/readyz"),
         "route",
         route,
@@ -531,34 +435,34 @@ def _validate_route(route: str) -> None:
 
 
 def _validate_batching(c: ServiceConfig) -> None:
-    _check(
-        _is_int(c.max_batch_size) and 1 <= c.max_batch_size <= MAX_MODAL_BATCH_SIZE,
+    check(
+        is_int(c.max_batch_size) and 1 <= c.max_batch_size <= MAX_MODAL_BATCH_SIZE,
         "max_batch_size",
         c.max_batch_size,
         f"an int from 1 to {MAX_MODAL_BATCH_SIZE}; use 1 to turn batching off",
     )
-    _check(
-        _is_number(c.wait_ms) and 0 <= c.wait_ms <= MAX_MODAL_WAIT_MS,
+    check(
+        is_number(c.wait_ms) and 0 <= c.wait_ms <= MAX_MODAL_WAIT_MS,
         "wait_ms",
         c.wait_ms,
         f"milliseconds from 0 to {MAX_MODAL_WAIT_MS}",
     )
-    _check(
-        _is_int(c.max_concurrent_inputs) and c.max_concurrent_inputs >= 1,
+    check(
+        is_int(c.max_concurrent_inputs) and c.max_concurrent_inputs >= 1,
         "max_concurrent_inputs",
         c.max_concurrent_inputs,
         "an int >= 1",
     )
     if c.target_concurrent_inputs is not None:
-        _check(
-            _is_int(c.target_concurrent_inputs)
+        check(
+            is_int(c.target_concurrent_inputs)
             and 1 <= c.target_concurrent_inputs <= c.max_concurrent_inputs,
             "target_concurrent_inputs",
             c.target_concurrent_inputs,
             f"an int from 1 to max_concurrent_inputs ({c.max_concurrent_inputs})",
         )
-    _check(
-        _is_int(c.max_queue_size) and c.max_queue_size >= c.max_batch_size,
+    check(
+        is_int(c.max_queue_size) and c.max_queue_size >= c.max_batch_size,
         "max_queue_size",
         c.max_queue_size,
         f"an int >= max_batch_size ({c.max_batch_size})",
@@ -585,29 +489,29 @@ def _validate_gpu(gpu: str) -> None:
 
 def _validate_modal_function(c: ServiceConfig) -> None:
     if isinstance(c.gpu, tuple):
-        _check(len(c.gpu) > 0, "gpu", list(c.gpu), "a non-empty list of GPU types, or None")
+        check(len(c.gpu) > 0, "gpu", list(c.gpu), "a non-empty list of GPU types, or None")
     for gpu in c.gpus:
         _validate_gpu(gpu)
     if c.cpu is not None:
-        _check(_is_number(c.cpu) and c.cpu > 0, "cpu", c.cpu, "a positive number of cores")
+        check(is_number(c.cpu) and c.cpu > 0, "cpu", c.cpu, "a positive number of cores")
     if c.memory is not None:
-        _check(_is_int(c.memory) and c.memory > 0, "memory", c.memory, "a positive int of MiB")
-    _check(
-        _is_int(c.timeout) and 1 <= c.timeout <= 86_400,
+        check(is_int(c.memory) and c.memory > 0, "memory", c.memory, "a positive int of MiB")
+    check(
+        is_int(c.timeout) and 1 <= c.timeout <= 86_400,
         "timeout",
         c.timeout,
         "seconds from 1 to 86400",
     )
     if c.startup_timeout is not None:
-        _check(
-            _is_int(c.startup_timeout) and 1 <= c.startup_timeout <= 86_400,
+        check(
+            is_int(c.startup_timeout) and 1 <= c.startup_timeout <= 86_400,
             "startup_timeout",
             c.startup_timeout,
             "seconds from 1 to 86400",
         )
     if not isinstance(c.retries, RetryPolicy) and c.retries != "auto":
-        _check(
-            _is_int(c.retries) and 0 <= c.retries <= 10,
+        check(
+            is_int(c.retries) and 0 <= c.retries <= 10,
             "retries",
             c.retries,
             "'auto', an int from 0 to 10, or RetryPolicy(max_retries=..., ...)",
@@ -615,22 +519,22 @@ def _validate_modal_function(c: ServiceConfig) -> None:
     for opt in ("min_containers", "buffer_containers"):
         value = getattr(c, opt)
         if value is not None:
-            _check(_is_int(value) and value >= 0, opt, value, "an int >= 0")
+            check(is_int(value) and value >= 0, opt, value, "an int >= 0")
     if c.max_containers is not None:
-        _check(
-            _is_int(c.max_containers) and c.max_containers >= max(1, c.min_containers),
+        check(
+            is_int(c.max_containers) and c.max_containers >= max(1, c.min_containers),
             "max_containers",
             c.max_containers,
             f"an int >= max(1, min_containers={c.min_containers})",
         )
-    _check(
-        _is_int(c.scaledown_window) and 2 <= c.scaledown_window <= 3600,
+    check(
+        is_int(c.scaledown_window) and 2 <= c.scaledown_window <= 3600,
         "scaledown_window",
         c.scaledown_window,
         "seconds from 2 to 3600",
     )
     _check_strings("secrets", c.secrets)
-    _check(
+    check(
         all(isinstance(k, str) and k.startswith("/") for k in c.volumes)
         and all(isinstance(v, str) and v for v in c.volumes.values()),
         "volumes",
@@ -638,7 +542,7 @@ def _validate_modal_function(c: ServiceConfig) -> None:
         "a dict of absolute mount path to Modal Volume name, e.g. {'/weights': 'my-weights'}",
     )
     if c.hf_cache_volume is not None:
-        _check(
+        check(
             isinstance(c.hf_cache_volume, str) and bool(c.hf_cache_volume),
             "hf_cache_volume",
             c.hf_cache_volume,
@@ -673,7 +577,7 @@ def _validate_weights(c: ServiceConfig) -> None:
 
 def _validate_image(c: ServiceConfig) -> None:
     if c.python_version is not None:
-        _check(
+        check(
             isinstance(c.python_version, str) and bool(_PY_RE.match(c.python_version)),
             "python_version",
             c.python_version,
@@ -682,7 +586,7 @@ def _validate_image(c: ServiceConfig) -> None:
     _check_strings("packages", c.packages)
     _check_strings("apt_packages", c.apt_packages)
     _check_strings("local_sources", c.local_sources)
-    _check(
+    check(
         all(isinstance(k, str) and isinstance(v, str) for k, v in c.env.items()),
         "env",
         c.env,
@@ -691,16 +595,16 @@ def _validate_image(c: ServiceConfig) -> None:
 
 
 def _validate_web(c: ServiceConfig) -> None:
-    _check(c.topology in TOPOLOGIES, "topology", c.topology, "'split', 'colocated' or 'server'")
+    check(c.topology in TOPOLOGIES, "topology", c.topology, "'split', 'colocated' or 'server'")
     if c.label is not None:
-        _check(
+        check(
             isinstance(c.label, str) and bool(_NAME_RE.match(c.label)),
             "label",
             c.label,
             "lowercase letters, digits and '-', at most 63 characters",
         )
     for host in c.custom_domains:
-        _check(
+        check(
             isinstance(host, str) and bool(_HOST_RE.match(host)),
             "custom_domains",
             list(c.custom_domains),
@@ -708,8 +612,8 @@ def _validate_web(c: ServiceConfig) -> None:
         )
     if c.requires_proxy_auth not in (True, False):
         raise ConfigError(f"requires_proxy_auth={c.requires_proxy_auth!r}: expected a bool")
-    _check(
-        _is_int(c.web_max_inputs) and c.web_max_inputs >= 1,
+    check(
+        is_int(c.web_max_inputs) and c.web_max_inputs >= 1,
         "web_max_inputs",
         c.web_max_inputs,
         "an int >= 1",
@@ -719,16 +623,16 @@ def _validate_web(c: ServiceConfig) -> None:
 
 def _validate_server(c: ServiceConfig) -> None:
     """The Modal Server options, and what a Server cannot do (refused with the fix)."""
-    _check(_is_int(c.port) and 1 <= c.port <= 65535, "port", c.port, "a TCP port from 1 to 65535")
+    check(is_int(c.port) and 1 <= c.port <= 65535, "port", c.port, "a TCP port from 1 to 65535")
     if c.exit_grace_period is not None:
-        _check(
-            _is_int(c.exit_grace_period) and 0 <= c.exit_grace_period <= MAX_EXIT_GRACE_PERIOD,
+        check(
+            is_int(c.exit_grace_period) and 0 <= c.exit_grace_period <= MAX_EXIT_GRACE_PERIOD,
             "exit_grace_period",
             c.exit_grace_period,
             f"seconds from 0 to {MAX_EXIT_GRACE_PERIOD} (Modal's bound)",
         )
     if c.routing_region is not None:
-        _check(
+        check(
             isinstance(c.routing_region, str) and bool(c.routing_region),
             "routing_region",
             c.routing_region,
@@ -774,14 +678,14 @@ def _refuse_on_server(c: ServiceConfig) -> None:
 
 def _validate_edge(c: ServiceConfig) -> None:
     if c.edge_secret_env is not None:
-        _check(
+        check(
             isinstance(c.edge_secret_env, str) and bool(_ENV_RE.match(c.edge_secret_env)),
             "edge_secret_env",
             c.edge_secret_env,
             "the name of an environment variable holding the edge secret, e.g. 'MFK_EDGE_SECRET'",
         )
     for host in c.public_hosts:
-        _check(
+        check(
             isinstance(host, str) and bool(_HOST_RE.match(host)) and not host.startswith("*"),
             "public_hosts",
             list(c.public_hosts),
@@ -795,7 +699,7 @@ def _validate_edge(c: ServiceConfig) -> None:
         )
     if c.public_base_url is not None:
         parts = urlsplit(c.public_base_url) if isinstance(c.public_base_url, str) else None
-        _check(
+        check(
             parts is not None
             and parts.scheme in ("http", "https")
             and bool(parts.hostname)
@@ -809,7 +713,7 @@ def _validate_edge(c: ServiceConfig) -> None:
 
 
 def _check_strings(name: str, values: tuple[str, ...]) -> None:
-    _check(
+    check(
         all(isinstance(v, str) and v for v in values),
         name,
         list(values),

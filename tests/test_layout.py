@@ -123,6 +123,7 @@ def test_the_client_and_the_shared_modules_import_nothing_of_the_server():
         f"{ROOT}._core",
         f"{ROOT}._core.spec",
         f"{ROOT}._config",
+        f"{ROOT}._config_values",
         f"{ROOT}._weights",
         f"{ROOT}._file",
         f"{ROOT}._jobs",
@@ -131,6 +132,6 @@ def test_the_client_and_the_shared_modules_import_nothing_of_the_server():
     }
     assert seen <= allowed, seen - allowed
     assert graph[f"{ROOT}._file"] <= {f"{ROOT}.exceptions"}
-    for module in ("_jobs.options", "_jobs.status"):
+    for module in ("_config_values", "_jobs.options", "_jobs.status"):
         assert graph[f"{ROOT}.{module}"] <= {f"{ROOT}.exceptions", f"{ROOT}._jobs"}
     assert graph[f"{ROOT}._weights"] <= {f"{ROOT}.exceptions"}
