@@ -46,7 +46,13 @@ from .file_openapi import UPLOAD_ERRORS, FileBody, file_answer_responses, upload
 from .upload_call import take_uploads
 from .uploads import close_files
 
-__all__ = ["IDEMPOTENCY_HEADER", "REPLAYED_HEADER", "WEBHOOK_HEADER", "add_job_routes"]
+__all__ = [
+    "IDEMPOTENCY_HEADER",
+    "REPLAYED_HEADER",
+    "WEBHOOK_HEADER",
+    "add_job_routes",
+    "job_route_paths",
+]
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 WEBHOOK_HEADER = "webhook-url"
@@ -240,6 +246,17 @@ def add_job_routes(
         responses=_ERRORS,
     )
     return RouteNames(exclusive=tuple(names.values()))
+
+
+def job_route_paths(spec: ServiceSpec) -> list[str]:
+    """The job routes as ``mfk check`` lists them."""
+    base = f"{spec.config.route}/jobs"
+    return [
+        f"POST {base}",
+        f"GET {base}/{{id}}",
+        f"GET {base}/{{id}}/result",
+        f"POST {base}/{{id}}/cancel",
+    ]
 
 
 def _idempotency_key(given: str | None) -> str | None:

@@ -51,7 +51,7 @@ from .errors import REQUEST_ID_HEADER, ErrorBody, failure_response, request_id
 from .file_answer import close_after, file_response
 from .file_openapi import UPLOAD_ERRORS, FileBody, file_answer_responses, upload_docs
 from .health import HealthBody, liveness, readiness, register_service
-from .jobs import add_job_routes
+from .jobs import add_job_routes, job_route_paths
 from .route import KitRoute
 from .streaming import SSE_TYPE, StreamResponse, chunk_responses, wants_ndjson
 from .upload_call import take_uploads
@@ -176,7 +176,10 @@ class PredictApi:
     (``ModelServer[In, File]``), or its chunks (SSE / NDJSON) for a generator predict."""
 
     def route_paths(self, spec: ServiceSpec) -> list[str]:
-        return [f"POST {spec.config.route}"]
+        paths = [f"POST {spec.config.route}"]
+        if spec.config.jobs is not None:
+            paths += job_route_paths(spec)
+        return paths
 
     def add_routes(
         self, router: Any, spec: ServiceSpec, backend: Any, dependencies: list[Any]
