@@ -26,13 +26,17 @@ the GPU container's model is stalled       503 (``ModelStalled``)
 
 Cancelling a request's future stops waiting for it; an input Modal already started may still
 run to completion.
+
+With ``jobs``, ``job_service()`` answers a ``ModalJobs`` over the app's jobs class
+``<Class>_jobs``, its webhook function ``<Class>_webhooks`` and its ``modal.Dict``: the
+deployed app's own, or looked up by name as the GPU class is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.recorder import Trace
 from .._core.spec import ServiceSpec
@@ -57,6 +61,9 @@ from ..exceptions import (
     UpstreamError,
 )
 
+if TYPE_CHECKING:
+    from .._jobs.modal import ModalJobs
+
 __all__ = ["ModalBackend", "map_modal_error"]
 
 logger = logging.getLogger("modal_fastapi_kit")
@@ -76,7 +83,8 @@ class ModalBackend:
 
     ``handle``: the ``modal.Cls`` to call (the deployed app's own). Without it the class is
     looked up as ``modal.Cls.from_name(app_name, class_name, environment_name=...)``, by default
-    the service's ``name`` and the Python class name.
+    the service's ``name`` and the Python class name. ``jobs_handle`` / ``webhook_handle``:
+    the app's jobs class and webhook function (looked up by name likewise without them).
     """
 
     def __init__(
@@ -88,6 +96,8 @@ class ModalBackend:
         class_name: str | None = None,
         environment_name: str | None = None,
         lookup_retry: float = DEFAULT_LOOKUP_RETRY,
+        jobs_handle: Any = None,
+        webhook_handle: Any = None,
     ) -> None:
         self.spec = spec
         self.config = spec.config
@@ -96,6 +106,8 @@ class ModalBackend:
         self.environment_name = environment_name
         self.lookup_retry = lookup_retry
         self._handle = handle
+        self._jobs_handle = jobs_handle
+        self._webhook_handle = webhook_handle
         self._obj: Any = None
         self._state = LoadState.CREATED
         self._error: str | None = None
@@ -249,6 +261,43 @@ class ModalBackend:
 
     async def healthy(self) -> bool:
         return self._state is LoadState.READY
+
+    def job_service(self) -> ModalJobs | None:
+        """The service's jobs on Modal (spawned calls of ``<Class>_jobs``); None without
+        ``jobs``. Looks nothing up yet: Modal's handles hydrate on first use."""
+        if self.config.jobs is None:
+            return None
+        import modal
+
+        from .._jobs.modal import (
+            ModalJobs,
+            jobs_class_name,
+            jobs_dict_name,
+            webhook_function_name,
+        )
+
+        env = self.environment_name
+        jobs_cls = self._jobs_handle
+        if jobs_cls is None:
+            jobs_cls = modal.Cls.from_name(
+                self.app_name, jobs_class_name(self.class_name), environment_name=env
+            )
+        webhooks = self._webhook_handle
+        if webhooks is None:
+            webhooks = modal.Function.from_name(
+                self.app_name, webhook_function_name(self.class_name), environment_name=env
+            )
+        store = modal.Dict.from_name(
+            jobs_dict_name(self.app_name), environment_name=env, create_if_missing=True
+        )
+        return ModalJobs(
+            self.spec,
+            jobs_cls=jobs_cls,
+            webhooks=webhooks,
+            store=store,
+            map_error=lambda exc: map_modal_error(exc, self),
+            checks_secret=self._jobs_handle is not None,  # in the app: it has the secrets
+        )
 
     def restart_reason(self) -> tuple[str, str] | None:
         return None  # a stalled GPU container fails its own inputs and is replaced by Modal

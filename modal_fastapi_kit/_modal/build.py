@@ -12,6 +12,8 @@ module, which runs ``app = X.modal_app()`` again, then looks objects up by modul
   the user's module under that name.
 - The server topology registers the same class, with only the enter/exit markers, as a Modal
   Server (``App.server``): see ``server_build``.
+- With ``jobs``, the jobs class ``X_jobs`` and the webhook function ``X_webhooks`` are
+  bound in the module as well: see ``jobs``.
 
 Every generated method is ``async``: Modal then runs all of them on the container's one event
 loop, where the runtime's async hooks live (see ``container``).
@@ -33,6 +35,7 @@ from .._core.wire import PREDICT_METHOD, STREAM_METHOD, Wire
 from .._requirements import canonicalize_name, image_environment, installed_names
 from ..exceptions import ConfigError
 from . import container, server_build, server_container
+from . import jobs as jobs_step
 from . import weights as weights_step
 
 if TYPE_CHECKING:
@@ -69,12 +72,14 @@ LIBRARY = "modal_fastapi_kit"
 # What the library imports in the container, pinned to the versions installed here
 # (packaging: building the deployment reads the requirements, in the container too).
 # python-multipart: Starlette parses multipart bodies (file uploads) with it.
+# standardwebhooks: the job routes, which every router imports, check webhooks with it.
 RUNTIME_DISTRIBUTIONS = (
     "fastapi",
     "pydantic",
     "prometheus-client",
     "packaging",
     "python-multipart",
+    "standardwebhooks",
 )
 SERVER_DISTRIBUTIONS = ("uvicorn",)  # topology="server": the container serves HTTP itself
 
@@ -97,6 +102,8 @@ class ModalDeployment:
     server: modal.Server | None = None  # topology="server" only
     fetch_function: modal.Function[..., Any, Any] | None = None  # with weights= only
     fetch_function_name: str | None = None
+    jobs_cls: modal.Cls | None = None  # with jobs= only: X_jobs
+    webhook_function: modal.Function[..., Any, Any] | None = None  # with jobs= only: X_webhooks
 
     @property
     def server_cls(self) -> type:
@@ -129,6 +136,7 @@ def deployment(server_cls: type) -> ModalDeployment:
     markers = _markers(spec, label)
     for name, marker in markers.items():
         setattr(server_cls, name, marker)
+    jobs: tuple[modal.Cls, modal.Function[..., Any, Any]] | None = None
     try:
         gpu_cls: modal.Cls | None = None
         server: modal.Server | None = None
@@ -143,13 +151,27 @@ def deployment(server_cls: type) -> ModalDeployment:
             server = server_build.register_server(app, image, spec, shared)
         else:
             gpu_cls = _register_gpu_class(app, image, spec)
+        if config.jobs is not None:
+            jobs = jobs_step.register_jobs(
+                app,
+                spec,
+                _gpu_class_options(config, image),
+                {
+                    "image": image,
+                    "secrets": _secrets(config, checks_keys=False, signs_webhooks=True),
+                    "region": _region(config),
+                    "cloud": config.cloud,
+                },
+            )
         if config.topology == "split":
             assert gpu_cls is not None
-            web_function = _register_web_function(app, image, spec, gpu_cls, label)
+            web_function = _register_web_function(app, image, spec, gpu_cls, label, jobs)
         fetch_function = _register_fetch_function(app, image, spec, python_version, packages)
     except Exception as exc:
         for name in markers:  # leave the class as it was
             delattr(server_cls, name)
+        if jobs is not None:
+            jobs_step.unbind(spec, jobs)
         if isinstance(exc, modal.exception.InvalidError):
             raise ConfigError(
                 f"Modal rejected the deployment of {server_cls.__qualname__}: {exc}"
@@ -170,6 +192,8 @@ def deployment(server_cls: type) -> ModalDeployment:
         fetch_function_name=(
             weights_step.fetch_function_name(server_cls) if fetch_function is not None else None
         ),
+        jobs_cls=jobs[0] if jobs is not None else None,
+        webhook_function=jobs[1] if jobs is not None else None,
     )
     setattr(server_cls, _CACHE_ATTR, built)
     return built
@@ -201,6 +225,7 @@ def image_spec(config: ServiceConfig) -> tuple[str, tuple[str, ...]]:
     python_version = config.python_version or f"{sys.version_info[0]}.{sys.version_info[1]}"
     mine = installed_names(config.packages, image_environment(python_version))
     runtime = RUNTIME_DISTRIBUTIONS + (SERVER_DISTRIBUTIONS if config.topology == "server" else ())
+    runtime += jobs_step.JOBS_DISTRIBUTIONS if config.jobs is not None else ()
     pins = tuple(
         f"{dist}=={importlib.metadata.version(dist)}"
         for dist in runtime
@@ -256,6 +281,7 @@ def _check_deployable(spec: ServiceSpec) -> None:
             f"{server_cls.__module__} already defines {web_name!r}; modal_fastapi_kit binds the "
             f"web function of {server_cls.__name__} to that name: rename yours"
         )
+    jobs_step.check_jobs_deployable(spec)
     mounted = dict.fromkeys(config.volumes)
     if config.hf_cache_volume is not None:
         mounted[HF_CACHE_PATH] = None
@@ -322,11 +348,17 @@ def _retries(retries: int | RetryPolicy) -> int | modal.Retries | None:
     return retries or None
 
 
-def _secrets(config: ServiceConfig, *, checks_keys: bool) -> list[modal.Secret]:
-    """The Modal Secrets of a function; the API keys' one where the router checks keys."""
+def _secrets(
+    config: ServiceConfig, *, checks_keys: bool, signs_webhooks: bool = False
+) -> list[modal.Secret]:
+    """The Modal Secrets of a function; the API keys' one where the router checks keys, and
+    ``JobOptions.webhook_secret`` where webhooks are signed (or their secret checked)."""
     names = list(config.secrets)
     if checks_keys and config.api_keys_secret and config.api_keys_secret not in names:
         names.append(config.api_keys_secret)
+    secret = config.jobs.webhook_secret if config.jobs is not None and signs_webhooks else None
+    if secret and secret not in names:
+        names.append(secret)
     return [modal.Secret.from_name(name) for name in names]
 
 
@@ -470,16 +502,19 @@ def _register_web_function(
     spec: ServiceSpec,
     gpu_cls: modal.Cls,
     label: str,
+    jobs: tuple[modal.Cls, modal.Function[..., Any, Any]] | None = None,
 ) -> modal.Function[..., Any, Any]:
     server_cls, config = spec.server_cls, spec.config
     name = web_function_name(server_cls)
     module = sys.modules[server_cls.__module__]
+    jobs_cls, webhooks = jobs if jobs is not None else (None, None)
 
     def web() -> FastAPI:
         from .._assembly import service_app, service_router
         from .._backends.modal import ModalBackend
 
-        return service_app(spec, service_router(spec, ModalBackend(spec, handle=gpu_cls)))
+        backend = ModalBackend(spec, handle=gpu_cls, jobs_handle=jobs_cls, webhook_handle=webhooks)
+        return service_app(spec, service_router(spec, backend))
 
     endpoint = modal.asgi_app(
         label=label,
@@ -488,7 +523,7 @@ def _register_web_function(
     )(_named(web, server_cls, name, method=False))
     function: modal.Function[..., Any, Any] = app.function(
         image=image,
-        secrets=_secrets(config, checks_keys=True),
+        secrets=_secrets(config, checks_keys=True, signs_webhooks=True),
         scaledown_window=config.scaledown_window,
         region=_region(config),
         cloud=config.cloud,

@@ -419,11 +419,13 @@ def test_image_pins_the_runtime_and_lets_the_user_override_a_pin():
     prometheus = importlib.metadata.version("prometheus-client")
     packaging = importlib.metadata.version("packaging")
     multipart = importlib.metadata.version("python-multipart")
+    webhooks = importlib.metadata.version("standardwebhooks")
     assert packages == (
         f"pydantic=={pydantic}",
         f"prometheus-client=={prometheus}",
         f"packaging=={packaging}",
         f"python-multipart=={multipart}",
+        f"standardwebhooks=={webhooks}",
         "numpy==2.0.0",
         "FastAPI==0.115.0",
     )
