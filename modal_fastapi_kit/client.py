@@ -31,6 +31,16 @@ A call that may have run (the connection broke after the request was sent, a tim
 ``modal_fastapi_kit.exceptions``, with ``status_code``, ``code``, ``detail`` and
 ``request_id``.
 
+A call on Modal that runs past 150 s is answered with a ``303 See Other`` to its result URL;
+the client follows it (a ``GET`` with the same headers, the API key included, and no body: it
+starts nothing new) for as long as ``timeout`` allows, then raises ``DeadlineExceeded``.
+
+Jobs (a service with ``@gpu_service(jobs=True)``): ``submit(item)`` answers a ``JobHandle``
+at once (``status()``, ``result(timeout)``, ``cancel()``), and ``job(id)`` finds one again::
+
+    job = client.submit(EmbedIn(text="hello"))
+    vector = job.result(timeout=600).embedding
+
 This module imports neither FastAPI, Starlette nor the server: a script that only calls a
 service pays for ``httpx`` and ``pydantic``.
 """
@@ -49,8 +59,11 @@ import httpx
 from ._client.answers import error_from_answer
 from ._client.attempts import Attempts
 from ._client.files import FileAnswerReader
+from ._client.jobs import AsyncJobHandle, JobHandle, read_status, submission
 from ._client.options import DEFAULT_RETRY_FOR, ClientArgs, ClientOptions
+from ._client.redirects import Hops, budget_of
 from ._client.stream import ChunkReader
+from ._jobs.status import JobState, JobStatus
 from ._protocol import RequestT, ResponseT
 
 if TYPE_CHECKING:
@@ -59,9 +72,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_RETRY_FOR",
     "AsyncChunkStream",
+    "AsyncJobHandle",
     "AsyncServiceClient",
     "ChunkStream",
     "ClientArgs",
+    "JobHandle",
+    "JobState",
+    "JobStatus",
     "Reply",
     "ServiceClient",
     "error_from_answer",
@@ -129,9 +146,7 @@ class ServiceClient(_Client[RequestT, ResponseT]):
             server_cls, base_url, options, borrowed_base=borrowed or None, owner="client"
         )
         self._owned = http_client is None
-        self._http = http_client or httpx.Client(
-            timeout=_timeout(self._options), follow_redirects=True
-        )
+        self._http = http_client or httpx.Client(timeout=_timeout(self._options))
 
     def predict(
         self, item: RequestT | Mapping[str, Any], *, request_id: str | None = None
@@ -165,6 +180,40 @@ class ServiceClient(_Client[RequestT, ResponseT]):
         """
         return ChunkStream(self, self._call(item, request_id, streaming=True))
 
+    def submit(
+        self,
+        item: RequestT | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        webhook: str | None = None,
+        request_id: str | None = None,
+    ) -> JobHandle[ResponseT]:
+        """Submit ``item`` as a job (``POST <route>/jobs``, the body ``predict`` sends) and
+        return its handle once the service took it (202).
+
+        ``idempotency_key``: names the job, so that a submission sent again (by you, or by a
+        retry) answers the job it made; one is made per call when none is given.
+        ``webhook``: a URL the service calls when the job ends (``Webhook-URL``).
+        """
+        call = submission(
+            self._options,
+            item,
+            idempotency_key=idempotency_key,
+            webhook=webhook,
+            request_id=request_id,
+        )
+        try:
+            response = self._send(call, stream=False)
+        finally:
+            call.body.close()
+        status = read_status(response, call)
+        return JobHandle(self, status.id, status)
+
+    def job(self, job_id: str) -> JobHandle[ResponseT]:
+        """The handle of the job ``job_id`` (submitted with the same API key); nothing is
+        sent until it is used."""
+        return JobHandle(self, job_id)
+
     def close(self) -> None:
         """Close the connections (not those of a client passed as ``http_client``)."""
         if self._owned:
@@ -182,13 +231,18 @@ class ServiceClient(_Client[RequestT, ResponseT]):
         self.close()
 
     def _send(self, call: Attempts, *, stream: bool) -> httpx.Response:
-        """Send until a success (returned; open when ``stream``) or the call is over."""
+        """Send until a success (returned; open when ``stream``) or the call is over; a
+        Modal 303 is followed (``_client/redirects.py``)."""
         while True:
+            hops = Hops(call, budget_of(call, self._http), started=time.monotonic())
             try:
-                response = self._http.send(call.request(self._http), stream=stream)
+                response = self._http.send(
+                    call.request(self._http), stream=stream, follow_redirects=False
+                )
             except httpx.TransportError as exc:
                 time.sleep(call.after_transport_error(exc))
                 continue
+            response = self._follow(hops, response, stream=stream)
             if response.is_success:
                 return response
             try:
@@ -196,6 +250,25 @@ class ServiceClient(_Client[RequestT, ResponseT]):
             finally:
                 response.close()
             time.sleep(call.after_answer(response, content))
+
+    def _follow(self, hops: Hops, response: httpx.Response, *, stream: bool) -> httpx.Response:
+        """``response``, or the answer at the end of its chain of 303 s."""
+        while True:
+            try:
+                request = hops.next(response)
+            except BaseException:
+                response.close()
+                raise
+            if request is None:
+                return response
+            response.close()
+            while True:
+                try:
+                    response = self._http.send(request, stream=stream, follow_redirects=False)
+                    break
+                except httpx.TransportError as exc:
+                    time.sleep(hops.after_error(request, exc))
+            hops.answered()
 
     def _read_file(self, call: Attempts) -> Reply[ResponseT]:
         """A file answer's body into a ``File``; a body that breaks off is a failure of the
@@ -236,9 +309,7 @@ class AsyncServiceClient(_Client[RequestT, ResponseT]):
             server_cls, base_url, options, borrowed_base=borrowed or None, owner="async_client"
         )
         self._owned = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            timeout=_timeout(self._options), follow_redirects=True
-        )
+        self._http = http_client or httpx.AsyncClient(timeout=_timeout(self._options))
 
     async def predict(
         self, item: RequestT | Mapping[str, Any], *, request_id: str | None = None
@@ -270,6 +341,33 @@ class AsyncServiceClient(_Client[RequestT, ResponseT]):
         """
         return AsyncChunkStream(self, self._call(item, request_id, streaming=True))
 
+    async def submit(
+        self,
+        item: RequestT | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        webhook: str | None = None,
+        request_id: str | None = None,
+    ) -> AsyncJobHandle[ResponseT]:
+        """``ServiceClient.submit``, awaited; the handle's methods are awaited too."""
+        call = submission(
+            self._options,
+            item,
+            idempotency_key=idempotency_key,
+            webhook=webhook,
+            request_id=request_id,
+        )
+        try:
+            response = await self._send(call, stream=False)
+        finally:
+            call.body.close()
+        status = read_status(response, call)
+        return AsyncJobHandle(self, status.id, status)
+
+    def job(self, job_id: str) -> AsyncJobHandle[ResponseT]:
+        """``ServiceClient.job``: a handle, nothing sent until it is used."""
+        return AsyncJobHandle(self, job_id)
+
     async def aclose(self) -> None:
         """Close the connections (not those of a client passed as ``http_client``)."""
         if self._owned:
@@ -289,11 +387,15 @@ class AsyncServiceClient(_Client[RequestT, ResponseT]):
     async def _send(self, call: Attempts, *, stream: bool) -> httpx.Response:
         """``ServiceClient._send``, awaited."""
         while True:
+            hops = Hops(call, budget_of(call, self._http), started=time.monotonic())
             try:
-                response = await self._http.send(call.request(self._http), stream=stream)
+                response = await self._http.send(
+                    call.request(self._http), stream=stream, follow_redirects=False
+                )
             except httpx.TransportError as exc:
                 await asyncio.sleep(call.after_transport_error(exc))
                 continue
+            response = await self._follow(hops, response, stream=stream)
             if response.is_success:
                 return response
             try:
@@ -301,6 +403,27 @@ class AsyncServiceClient(_Client[RequestT, ResponseT]):
             finally:
                 await response.aclose()
             await asyncio.sleep(call.after_answer(response, content))
+
+    async def _follow(
+        self, hops: Hops, response: httpx.Response, *, stream: bool
+    ) -> httpx.Response:
+        """``ServiceClient._follow``, awaited."""
+        while True:
+            try:
+                request = hops.next(response)
+            except BaseException:
+                await response.aclose()
+                raise
+            if request is None:
+                return response
+            await response.aclose()
+            while True:
+                try:
+                    response = await self._http.send(request, stream=stream, follow_redirects=False)
+                    break
+                except httpx.TransportError as exc:
+                    await asyncio.sleep(hops.after_error(request, exc))
+            hops.answered()
 
     async def _read_file(self, call: Attempts) -> Reply[ResponseT]:
         """``ServiceClient._read_file``, awaited."""

@@ -533,7 +533,7 @@ BASH = [c for lang, c in BLOCKS if lang == "bash"]
 
 
 def test_the_page_has_the_snippets_this_runs():
-    assert (len(SNIPPETS), len(BASH)) == (5, 2)
+    assert (len(SNIPPETS), len(BASH)) == (6, 2)  # the sixth: tests/client/test_client_jobs.py
     assert BASH[0].strip() == "mfk serve examples/embeddings.py --port 8000"
     assert BASH[1].strip() == "mfk serve examples/generate.py --port 8001"
 

@@ -36,8 +36,8 @@ RUN_BY: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
         {"python": 3, "bash": 1, "yaml": 1, "promql": 2, "text": 1},
     ),
     "docs/testing.md": (
-        ("test_testing_kit.py", "client/test_client.py"),
-        {"python": 10, "bash": 2},
+        ("test_testing_kit.py", "client/test_client.py", "client/test_client_jobs.py"),
+        {"python": 11, "bash": 2},
     ),
     "docs/performance.md": (("docs/test_performance_docs.py",), {"": 7}),
 }
