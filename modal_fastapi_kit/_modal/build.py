@@ -73,6 +73,7 @@ LIBRARY = "modal_fastapi_kit"
 # (packaging: building the deployment reads the requirements, in the container too).
 # python-multipart: Starlette parses multipart bodies (file uploads) with it.
 # standardwebhooks: the job routes, which every router imports, check webhooks with it.
+# httpx: what downloads a file given as a URL, and what sends a job's webhook.
 RUNTIME_DISTRIBUTIONS = (
     "fastapi",
     "pydantic",
@@ -80,6 +81,7 @@ RUNTIME_DISTRIBUTIONS = (
     "packaging",
     "python-multipart",
     "standardwebhooks",
+    "httpx",
 )
 SERVER_DISTRIBUTIONS = ("uvicorn",)  # topology="server": the container serves HTTP itself
 
@@ -225,7 +227,6 @@ def image_spec(config: ServiceConfig) -> tuple[str, tuple[str, ...]]:
     python_version = config.python_version or f"{sys.version_info[0]}.{sys.version_info[1]}"
     mine = installed_names(config.packages, image_environment(python_version))
     runtime = RUNTIME_DISTRIBUTIONS + (SERVER_DISTRIBUTIONS if config.topology == "server" else ())
-    runtime += jobs_step.JOBS_DISTRIBUTIONS if config.jobs is not None else ()
     pins = tuple(
         f"{dist}=={importlib.metadata.version(dist)}"
         for dist in runtime

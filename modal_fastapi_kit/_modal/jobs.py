@@ -37,7 +37,6 @@ from . import container, jobs_container
 from . import weights as weights_step
 
 __all__ = [
-    "JOBS_DISTRIBUTIONS",
     "JOB_TIMEOUT_MARGIN",
     "WEBHOOK_MAX_INPUTS",
     "check_jobs_deployable",
@@ -47,9 +46,6 @@ __all__ = [
     "webhook_timeout",
 ]
 
-# What jobs add to the image: the webhook sender's HTTP client (standardwebhooks, which
-# every router imports, is among the runtime pins).
-JOBS_DISTRIBUTIONS = ("httpx",)
 # Seconds the jobs class's timeout adds to run_timeout: the runtime then fails a job that ran
 # too long itself (its end record and webhook written) before Modal cuts the input.
 JOB_TIMEOUT_MARGIN = 60

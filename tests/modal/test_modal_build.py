@@ -420,12 +420,14 @@ def test_image_pins_the_runtime_and_lets_the_user_override_a_pin():
     packaging = importlib.metadata.version("packaging")
     multipart = importlib.metadata.version("python-multipart")
     webhooks = importlib.metadata.version("standardwebhooks")
+    httpx = importlib.metadata.version("httpx")
     assert packages == (
         f"pydantic=={pydantic}",
         f"prometheus-client=={prometheus}",
         f"packaging=={packaging}",
         f"python-multipart=={multipart}",
         f"standardwebhooks=={webhooks}",
+        f"httpx=={httpx}",
         "numpy==2.0.0",
         "FastAPI==0.115.0",
     )
@@ -483,6 +485,8 @@ def test_the_image_installs_every_module_the_library_imports_in_a_container():
         "import modal_fastapi_kit, modal_fastapi_kit._modal.container; "
         # what parsing an upload imports (Starlette reads multipart with python-multipart)
         "import starlette.formparsers; assert starlette.formparsers.multipart; "
+        # what a file URL's download and a job's webhook import when they run
+        "import modal_fastapi_kit._fetch, modal_fastapi_kit._jobs.webhooks, httpx; "
         "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -205,13 +205,11 @@ def test_webhook_timeout_covers_every_attempt_and_wait():
     assert webhook_timeout(longest) == 19 * 3600 + 20 * 10 + JOB_TIMEOUT_MARGIN
 
 
-def test_the_image_pins_the_webhook_sender_with_jobs_only():
-    with_jobs = deployment(Worker).packages
-    without = deployment(NoJobs).packages
-    assert any(p.startswith("standardwebhooks==") for p in with_jobs)
-    assert any(p.startswith("standardwebhooks==") for p in without)  # every router imports it
-    assert any(p.startswith("httpx==") for p in with_jobs)
-    assert not any(p.startswith("httpx==") for p in without)
+def test_every_image_pins_the_webhook_signer_and_sender():
+    # every router imports the signer; httpx also downloads file URLs, with or without jobs
+    for packages in (deployment(Worker).packages, deployment(NoJobs).packages):
+        assert any(p.startswith("standardwebhooks==") for p in packages)
+        assert any(p.startswith("httpx==") for p in packages)
 
 
 def test_a_name_the_module_already_binds_is_refused():
