@@ -28,14 +28,16 @@ install: $(VENV)/.installed
 
 # nginx and Caddy are the real edges the custom-domain tests put in front of the server;
 # Node.js runs the generated Cloudflare Worker; Prometheus scrapes the served example;
-# headless Chromium uploads to a served service from a page on another origin (CORS).
+# headless Chromium uploads to a served service from a page on another origin (CORS);
+# jq reads the job ids in the curl sessions of README.md and docs/jobs.md.
 system-deps:
 	@command -v nginx >/dev/null && command -v caddy >/dev/null && command -v node >/dev/null \
-	  && command -v prometheus >/dev/null && command -v chromium >/dev/null || { \
+	  && command -v prometheus >/dev/null && command -v chromium >/dev/null \
+	  && command -v jq >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    nginx caddy prometheus chromium openssl curl $$(command -v node >/dev/null || echo nodejs) \
+	    nginx caddy prometheus chromium openssl curl jq $$(command -v node >/dev/null || echo nodejs) \
 	    >/dev/null; }
 
 serve: install

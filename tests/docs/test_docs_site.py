@@ -22,7 +22,7 @@ DOCS = ROOT / "docs"
 # A block added to a page fails test_every_page_s_blocks_are_run_by_its_tests until a module
 # below runs it and its count here is raised. "" is a fence with no language.
 RUN_BY: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
-    "README.md": (("docs/test_readme.py",), {"python": 6, "bash": 8}),
+    "README.md": (("docs/test_readme.py",), {"python": 6, "bash": 9}),
     "CHANGELOG.md": ((), {}),
     "docs/getting-started.md": (("docs/test_getting_started.py",), {"python": 1, "bash": 6}),
     "docs/deploy.md": (
@@ -31,6 +31,7 @@ RUN_BY: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
     ),
     "docs/custom-domain.md": (("docs/test_custom_domain_docs.py",), {"python": 3, "bash": 6}),
     "docs/openai.md": (("docs/test_openai_docs.py",), {"python": 9, "bash": 5, "json": 1}),
+    "docs/jobs.md": (("docs/test_jobs_docs.py",), {"python": 3, "bash": 8, "json": 1}),
     "docs/production.md": (
         ("docs/test_production_docs.py", "http/test_metrics.py", "http/test_cors.py"),
         {"python": 3, "bash": 1, "yaml": 1, "promql": 2, "text": 1},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -37,7 +38,7 @@ def python_block(containing: str) -> str:
 
 def test_the_readme_has_the_blocks_this_file_runs():
     assert len(PYTHON) == 6
-    assert len(BASH) == 8
+    assert len(BASH) == 9
 
 
 def test_quickstart_serves_with_mfk_and_answers_the_curl(tmp_path: Path):
@@ -152,6 +153,36 @@ def test_files_blocks_answer_curl_and_the_typed_client_with_a_thumbnail(tmp_path
             sys.modules.pop("thumbnails", None)  # the block imported the written module
         got = answered(tmp_path / "thumb.png")
         assert max(got[0]) == 64 and got[1] == thumbnail(64)
+
+
+def test_jobs_block_submits_polls_and_downloads_the_corpus_with_curl(tmp_path: Path):
+    import numpy as np
+
+    serve, *curls = bash_block("localhost:8000/corpus/jobs").strip().splitlines()
+    lines = [f"line {i}: a sentence to embed." for i in range(300)]
+    (tmp_path / "texts.txt").write_text("\n".join(lines) + "\n")
+    port = free_port()
+    args = serve.split()
+    env = {"MFK_JOBS_DB": str(tmp_path / "jobs.sqlite3")}
+    with running([str(BIN / args[0]), *args[1:], "--port", str(port)], env=env) as p:
+        wait_ready(f"http://127.0.0.1:{port}", timeout=120)
+        printed = []
+        for line in curls:
+            command = line.split("#")[0].replace("localhost:8000", f"127.0.0.1:{port}")
+            out = subprocess.run(
+                ["bash", "-c", command], capture_output=True, text=True, timeout=60, cwd=tmp_path
+            )
+            assert out.returncode == 0, (command, out.stderr, p.output)
+            printed.append(out.stdout)
+        submitted = json.loads((tmp_path / "job.json").read_text())
+        assert submitted["state"] in ("queued", "running"), submitted
+        assert submitted["links"]["result"].startswith(f"http://127.0.0.1:{port}/corpus/jobs/")
+        seen = json.loads(printed[1])
+        assert sorted(seen) == ["progress", "state"] and seen["state"] in ("queued", "running")
+        # 300 short lines take a few seconds: the long-poll waited for the job's end.
+        vectors = np.load(tmp_path / "vectors.npy")
+        assert vectors.shape == (300, 384) and vectors.dtype == np.float32
+    assert "Traceback" not in p.output
 
 
 def test_make_targets_named_in_the_readme_exist():
