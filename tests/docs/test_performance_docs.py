@@ -24,6 +24,7 @@ CHECKED = {
     "noop": "python -m benchmarks.noop",
     "coldstart": "python -m benchmarks.coldstart",
     "uploads": "python -m benchmarks.uploads",
+    "jobs": "python -m benchmarks.jobs",
 }
 
 
@@ -115,6 +116,11 @@ def test_the_uploads_benchmark_s_command_runs_its_help():
     command = block("uploads").split()
     assert command[:3] == ["python", "-m", "benchmarks.uploads"]
     assert "--bentoml-python" in command and "--bentoml-python" in help_of(block("uploads"))
+
+
+def test_the_jobs_benchmark_s_command_runs_its_help():
+    assert block("jobs") == "python -m benchmarks.jobs"
+    assert "--texts" in help_of(block("jobs"))
 
 
 def help_of(command: str) -> str:
