@@ -63,6 +63,7 @@ class CorpusIn(BaseModel):
     jobs=True,
     local_sources=["examples"],  # MiniLM comes from examples/embeddings.py
     max_containers=2,
+    max_concurrent_inputs=1,  # a corpus holds the GPU to its end: one per container at a time
 )
 class CorpusEmbedder(ModelServer[CorpusIn, File]):
     """all-MiniLM-L6-v2 vectors for every line of a text or JSONL file, as one ``.npy``."""
