@@ -403,9 +403,12 @@ class LocalJobs:
                 logger.exception("%s: the jobs' upkeep failed; trying again", self.spec.name)
 
     async def _flush_progress(self) -> None:
-        reports, self._reports = self._reports, {}
-        for job_id, report in reports.items():
+        """Write the latest reports out; each is dropped from memory only once the file has
+        it and no newer one came meanwhile, so a status never shows an older report."""
+        for job_id, report in list(self._reports.items()):
             await asyncio.to_thread(self.store.progress, job_id, report)
+            if self._reports.get(job_id) is report:
+                del self._reports[job_id]
 
     async def _count(self) -> None:
         self._pending = await asyncio.to_thread(self.store.pending)

@@ -17,7 +17,7 @@ the state changes:
   410, not 404.
 
 The request (its JSON, its files as blobs) is kept until the job ends; the result until it
-expires. Several processes may share the file (``mfk serve --workers``): claims take SQLite's
+expires. Several processes may share the file (servers on one volume): claims take SQLite's
 write lock, so no job is claimed twice.
 """
 
