@@ -405,3 +405,16 @@ def test_streaming_and_openai_services_refuse_jobs_at_decoration():
         @gpu_service(name="colo", topology="colocated", retries=0, jobs=True)
         class Colo(Counter):
             pass
+
+
+def test_an_async_predict_is_cancelled_at_once_without_reporting_progress(runs):
+    with serve(AsyncCounter) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        wait_ready(server.url)
+        job = submit(client, n=8, steps=1, delay=5)  # one await of 5 s, no report before it
+        wait_for(client, job, "running")
+        began = time.monotonic()
+        client.post(job["links"]["cancel"])
+        after = submit(client, n=9)
+        assert client.get(after["links"]["result"], params={"wait": 20}).status_code == 200
+        assert time.monotonic() - began < 4  # the 5 s await was cancelled, not waited out
+    assert ran(runs) == [8, 9]
