@@ -149,23 +149,23 @@ def test_the_same_imports_listed_in_packages_or_brought_by_one_pass(tmp_path):
     assert check_json(tmp_path)["findings"] == []
 
 
-MARKED = """python_version="3.12", packages=['httpx>=0.27; python_version < "{below}"']"""
+MARKED = """python_version="3.12", packages=['openai>=1.40; python_version < "{below}"']"""
 
 
 def test_a_package_whose_marker_leaves_out_the_image_s_python_is_missing(tmp_path):
-    path = write_service(tmp_path, load="import httpx", options=MARKED.format(below="3.11"))
+    path = write_service(tmp_path, load="import openai", options=MARKED.format(below="3.11"))
     done = check(tmp_path, "--strict")
     assert done.returncode == 1, done.stderr
     (error,) = findings_of(done.stdout, "error")
     assert error.startswith(
-        f"error: httpx is imported (svc.py:{line_of(path, 'import httpx')} in Svc.load) but the "
-        "image does not install it: packages=[...] lists 'httpx>=0.27; python_version < \"3.11\"'"
+        f"error: openai is imported (svc.py:{line_of(path, 'import openai')} in Svc.load) but the "
+        "image does not install it: packages=[...] lists 'openai>=1.40; python_version < \"3.11\"'"
         ", whose marker leaves it out on the image's Python 3.12, so the container fails with "
         "ModuleNotFoundError"
     ), error
     assert "\n  fix: change that marker so that it holds on Python 3.12" in error
     assert codes(check_json(tmp_path)) == ["missing-package"]
-    write_service(tmp_path, load="import httpx", options=MARKED.format(below="3.13"))
+    write_service(tmp_path, load="import openai", options=MARKED.format(below="3.13"))
     assert check_json(tmp_path, "--strict")["findings"] == []
 
 
