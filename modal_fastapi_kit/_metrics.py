@@ -244,13 +244,12 @@ class _Live(Collector):
                 state.add_metric([service, each.value], 1.0 if each is current else 0.0)
         yield depth
         yield state
-        if self._jobs:
-            pending = GaugeMetricFamily(
-                "mfk_jobs_pending", "Jobs queued or running now", labels=["service"]
-            )
-            for service, jobs in list(self._jobs.items()):
-                pending.add_metric([service], jobs.pending)
-            yield pending
+        pending = GaugeMetricFamily(
+            "mfk_jobs_pending", "Jobs queued or running now", labels=["service"]
+        )
+        for service, jobs in list(self._jobs.items()):
+            pending.add_metric([service], jobs.pending)
+        yield pending
 
 
 _LIVE = _Live()

@@ -58,7 +58,7 @@ import httpx
 
 from ._client.answers import error_from_answer
 from ._client.attempts import Attempts
-from ._client.files import FileAnswerReader
+from ._client.files import aread_file_answer, read_file_answer
 from ._client.jobs import AsyncJobHandle, JobHandle, read_status, submission
 from ._client.options import DEFAULT_RETRY_FOR, ClientArgs, ClientOptions
 from ._client.redirects import Hops, budget_of
@@ -275,20 +275,11 @@ class ServiceClient(_Client[RequestT, ResponseT]):
         call, retried as a broken connection is."""
         while True:
             response = self._send(call, stream=True)
-            reader = FileAnswerReader(response.headers)
             try:
-                for chunk in response.iter_bytes():
-                    reader.write(chunk)
+                file = cast("ResponseT", read_file_answer(response))
             except httpx.TransportError as exc:
-                reader.discard()
                 time.sleep(call.after_transport_error(exc))
                 continue
-            except BaseException:
-                reader.discard()
-                raise
-            finally:
-                response.close()
-            file = cast("ResponseT", reader.file())
             return Reply(file, call.answered_id(response), call.attempts)
 
 
@@ -429,20 +420,11 @@ class AsyncServiceClient(_Client[RequestT, ResponseT]):
         """``ServiceClient._read_file``, awaited."""
         while True:
             response = await self._send(call, stream=True)
-            reader = FileAnswerReader(response.headers)
             try:
-                async for chunk in response.aiter_bytes():
-                    reader.write(chunk)
+                file = cast("ResponseT", await aread_file_answer(response))
             except httpx.TransportError as exc:
-                reader.discard()
                 await asyncio.sleep(call.after_transport_error(exc))
                 continue
-            except BaseException:
-                reader.discard()
-                raise
-            finally:
-                await response.aclose()
-            file = cast("ResponseT", reader.file())
             return Reply(file, call.answered_id(response), call.attempts)
 
 

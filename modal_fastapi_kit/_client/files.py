@@ -22,13 +22,24 @@ from collections.abc import Iterable, Mapping
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 from pathlib import PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from .._file import DEFAULT_CONTENT_TYPE, File, FileField, bare_type
 
-__all__ = ["SPOOL_BYTES", "Body", "FileAnswerReader", "answer_filename", "part_filename"]
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "SPOOL_BYTES",
+    "Body",
+    "FileAnswerReader",
+    "answer_filename",
+    "aread_file_answer",
+    "part_filename",
+    "read_file_answer",
+]
 
 SPOOL_BYTES = 8 << 20  # a file answer larger than this is kept on disk, not in memory
 
@@ -204,3 +215,32 @@ class FileAnswerReader:
         if self._disk is not None:
             self._disk.close()
             self._disk = None
+
+
+def read_file_answer(response: httpx.Response) -> File:
+    """A file answer's body, read from an open ``response`` (closed after), into a ``File``.
+    A body that breaks off raises its ``httpx.TransportError``, what was read dropped."""
+    reader = FileAnswerReader(response.headers)
+    try:
+        for chunk in response.iter_bytes():
+            reader.write(chunk)
+    except BaseException:
+        reader.discard()
+        raise
+    finally:
+        response.close()
+    return reader.file()
+
+
+async def aread_file_answer(response: httpx.Response) -> File:
+    """``read_file_answer``, awaited."""
+    reader = FileAnswerReader(response.headers)
+    try:
+        async for chunk in response.aiter_bytes():
+            reader.write(chunk)
+    except BaseException:
+        reader.discard()
+        raise
+    finally:
+        await response.aclose()
+    return reader.file()

@@ -34,7 +34,7 @@ from .._protocol import ResponseT
 from ..exceptions import ERROR_CODES, Retry, ServingError, UpstreamError
 from .answers import error_from_answer, retry_after_seconds
 from .attempts import FIRST_BACKOFF, MAX_BACKOFF, Attempts
-from .files import Body, FileAnswerReader
+from .files import Body, aread_file_answer, read_file_answer
 from .options import ClientOptions
 
 __all__ = [
@@ -426,20 +426,11 @@ class JobHandle(_Handle, Generic[ResponseT]):
             waiting.answered()
             if not file:
                 return cast("ResponseT", self._value(response, call))
-            reader = FileAnswerReader(response.headers)
             try:
-                for chunk in response.iter_bytes():
-                    reader.write(chunk)
+                return cast("ResponseT", read_file_answer(response))
             except httpx.TransportError as exc:
-                reader.discard()
                 time.sleep(call.after_transport_error(exc))
                 continue
-            except BaseException:
-                reader.discard()
-                raise
-            finally:
-                response.close()
-            return cast("ResponseT", reader.file())
 
 
 class AsyncJobHandle(_Handle, Generic[ResponseT]):
@@ -485,17 +476,8 @@ class AsyncJobHandle(_Handle, Generic[ResponseT]):
             waiting.answered()
             if not file:
                 return cast("ResponseT", self._value(response, call))
-            reader = FileAnswerReader(response.headers)
             try:
-                async for chunk in response.aiter_bytes():
-                    reader.write(chunk)
+                return cast("ResponseT", await aread_file_answer(response))
             except httpx.TransportError as exc:
-                reader.discard()
                 await asyncio.sleep(call.after_transport_error(exc))
                 continue
-            except BaseException:
-                reader.discard()
-                raise
-            finally:
-                await response.aclose()
-            return cast("ResponseT", reader.file())

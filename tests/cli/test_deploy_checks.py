@@ -42,9 +42,9 @@ class In(BaseModel):
 @gpu_service(name="{name}", gpu="A10", max_batch_size=4, max_containers=2, {options})
 class Svc(ModelServer[In, In]):
     def load(self) -> None:
-        import httpx  # installed here; neither the image's pins nor Modal's runtime bring it
+        import openai  # installed here; neither the image's pins nor Modal's runtime bring it
 
-        self.client = httpx
+        self.client = openai
 
     def predict_batch(self, items: list[In]) -> list[In]:
         return items
@@ -76,16 +76,16 @@ def test_a_package_left_out_by_its_marker_is_an_error_with_its_fix(tmp_path, mon
     svc = service(
         tmp_path,
         "marked-below",
-        """python_version="3.12", packages=['httpx>=0.27; python_version < "3.11"']""",
+        """python_version="3.12", packages=['openai>=1.40; python_version < "3.11"']""",
     )
     report = check_service(svc)
     assert isinstance(report, Report)
     (error,) = report.errors
     assert isinstance(error, Finding)
     assert (error.code, error.severity) == ("missing-package", "error")
-    line = next(n for n, text in enumerate(SERVICE.splitlines(), 1) if "import httpx" in text)
+    line = next(n for n, text in enumerate(SERVICE.splitlines(), 1) if "import openai" in text)
     assert error.where == (f"marked_below.py:{line}",)
-    assert "lists 'httpx>=0.27; python_version < \"3.11\"'" in error.message
+    assert "lists 'openai>=1.40; python_version < \"3.11\"'" in error.message
     assert "leaves it out on the image's Python 3.12" in error.message
     assert error.fix.startswith("change that marker so that it holds on Python 3.12")
     assert report.warnings == () and report.notes == ()
@@ -93,7 +93,7 @@ def test_a_package_left_out_by_its_marker_is_an_error_with_its_fix(tmp_path, mon
     svc = service(
         tmp_path,
         "marked-above",
-        """python_version="3.12", packages=['httpx>=0.27; python_version >= "3.11"']""",
+        """python_version="3.12", packages=['openai>=1.40; python_version >= "3.11"']""",
     )
     assert check_service(svc).findings == ()
 
@@ -103,7 +103,7 @@ def test_the_report_as_data_is_what_mfk_check_json_prints(tmp_path, monkeypatch)
     svc = service(tmp_path, "as-data", "packages=[]")
     report = check_service(svc)
     assert [f.code for f in report.findings] == ["missing-package"]
-    assert report.findings[0].fix.startswith('add "httpx" to packages=[...]')
+    assert report.findings[0].fix.startswith('add "openai" to packages=[...]')
     assert (report.service, report.app) == ("Svc", "as-data")
     assert report.idle_cost.max_containers == 2 and report.idle_cost.idle_gpus == 0
     data = report.as_dict()

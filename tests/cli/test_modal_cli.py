@@ -195,12 +195,12 @@ def test_deploy_without_credentials_says_how_to_get_them_and_deploys_nothing(tmp
     assert "mfk check" not in done.stderr.splitlines()[0]  # the checks found nothing to refuse
 
 
-# httpx is installed here, but neither the image's pins nor Modal's runtime bring it.
-NEEDS_HTTPX = 'name="svc", gpu="A10", max_batch_size=4, max_containers=2'
+# openai is installed here, but neither the image's pins nor Modal's runtime bring it.
+NEEDS_OPENAI = 'name="svc", gpu="A10", max_batch_size=4, max_containers=2'
 
 
 def test_deploy_refuses_an_image_that_lacks_an_import_and_shows_the_fix(tmp_path):
-    path = service_file(tmp_path, NEEDS_HTTPX, load="import httpx")
+    path = service_file(tmp_path, NEEDS_OPENAI, load="import openai")
     done = mfk("deploy", "svc.py", cwd=tmp_path, env=no_credentials(tmp_path))
     assert done.returncode == 1
     assert done.stdout == ""
@@ -209,19 +209,19 @@ def test_deploy_refuses_an_image_that_lacks_an_import_and_shows_the_fix(tmp_path
         "error: `mfk check svc.py` finds 1 error that would fail on Modal, so nothing was deployed:"
     )
     import_line = next(
-        n for n, text in enumerate(path.read_text().splitlines(), 1) if "httpx" in text
+        n for n, text in enumerate(path.read_text().splitlines(), 1) if "openai" in text
     )
     assert lines[1] == (
-        f"error: httpx is imported (svc.py:{import_line} in Svc.load) but the image does not "
+        f"error: openai is imported (svc.py:{import_line} in Svc.load) but the image does not "
         "install it, so the container fails with ModuleNotFoundError"
     )
-    assert lines[2].startswith('  fix: add "httpx" to packages=[...]')
+    assert lines[2].startswith('  fix: add "openai" to packages=[...]')
     assert lines[3] == "Fix it and run this command again, or pass --skip-checks to deploy anyway."
     assert "credentials" not in done.stderr  # refused before the credentials are looked at
 
 
 def test_skip_checks_deploys_past_the_check_up_to_the_credentials(tmp_path):
-    service_file(tmp_path, NEEDS_HTTPX, load="import httpx")
+    service_file(tmp_path, NEEDS_OPENAI, load="import openai")
     done = mfk("deploy", "--skip-checks", "svc.py", cwd=tmp_path, env=no_credentials(tmp_path))
     assert done.returncode == 1
     assert done.stderr.startswith("error: no Modal credentials found, so nothing was deployed.")
@@ -230,12 +230,14 @@ def test_skip_checks_deploys_past_the_check_up_to_the_credentials(tmp_path):
 
 
 def test_deploy_refuses_a_package_whose_marker_leaves_out_the_image_s_python(tmp_path):
-    marked = """python_version="3.12", packages=['httpx; python_version < "3.11"']"""
-    service_file(tmp_path, f"{NEEDS_HTTPX}, {marked}", load="import httpx")
+    marked = """python_version="3.12", packages=['openai; python_version < "3.11"']"""
+    service_file(tmp_path, f"{NEEDS_OPENAI}, {marked}", load="import openai")
     done = mfk("deploy", "svc.py", cwd=tmp_path, env=no_credentials(tmp_path))
     assert done.returncode == 1
     assert "whose marker leaves it out on the image's Python 3.12" in done.stderr
-    service_file(tmp_path, f"{NEEDS_HTTPX}, {marked.replace('3.11', '3.13')}", load="import httpx")
+    service_file(
+        tmp_path, f"{NEEDS_OPENAI}, {marked.replace('3.11', '3.13')}", load="import openai"
+    )
     done = mfk("deploy", "svc.py", cwd=tmp_path, env=no_credentials(tmp_path))
     assert done.returncode == 1
     assert done.stderr.startswith("error: no Modal credentials found")
