@@ -22,21 +22,26 @@ from modal._utils.async_utils import synchronizer
 from modal.cls import _Cls
 from modal_proto import api_pb2
 
+from modal_fastapi_kit._jobs.modal import jobs_class_name
 from modal_fastapi_kit._modal.build import deployment
 
 
 class ModalContainer:
     """One container of a generated class; use as a context manager (enter ... exit)."""
 
-    def __init__(self, server_cls: type) -> None:
+    def __init__(self, server_cls: type, *, jobs: bool = False) -> None:
+        """The container of ``server_cls``'s GPU class, or (``jobs``) of its jobs class."""
         built = deployment(server_cls)
-        raw = synchronizer._translate_in(built.gpu_cls)
-        self.cls = _Cls._from_local(server_cls, raw._get_app(), raw._get_class_service_function())
+        raw = synchronizer._translate_in(built.jobs_cls if jobs else built.gpu_cls)
+        self.cls = _Cls._from_local(
+            raw._get_user_cls(), raw._get_app(), raw._get_class_service_function()
+        )
         self.partials = self.cls._get_partial_functions()
         self.instance = user_code_imports.get_user_class_instance(self.cls, (), {})
+        name = jobs_class_name(server_cls.__name__) if jobs else server_cls.__name__
         self.function_def = api_pb2.Function(
             module_name=server_cls.__module__,
-            implementation_name=f"{server_cls.__name__}.*",
+            implementation_name=f"{name}.*",
             method_definitions={name: api_pb2.MethodDefinition() for name in self.partials},
         )
         self.service = user_code_imports.ImportedClass(

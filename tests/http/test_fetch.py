@@ -9,7 +9,6 @@ import contextlib
 import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -37,7 +36,7 @@ from modal_fastapi_kit._address_guard import (
 from modal_fastapi_kit._fetch import MAX_REDIRECTS, fetch_file, shown_url
 from modal_fastapi_kit.exceptions import ErrorCode, InputError
 
-from .._servers import free_port
+from .._servers import certificate, free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 LIMITS = FileLimits(max_bytes=4096, urls=True, url_timeout=10)
@@ -573,22 +572,6 @@ async def test_a_404_and_a_refused_type(base: str) -> None:
 
 
 # -- TLS: the certificate is checked against the name, on a connection to the address ----------
-
-
-def certificate(tmp: Path, name: str) -> tuple[Path, Path]:
-    cert, key = tmp / f"{name}.pem", tmp / f"{name}.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-nodes", "-days", "1"),
-            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
-            *("-keyout", str(key), "-out", str(cert)),
-            *("-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
 
 
 @pytest.mark.e2e

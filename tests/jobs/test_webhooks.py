@@ -46,7 +46,7 @@ from modal_fastapi_kit._jobs.webhooks import (
 from modal_fastapi_kit.exceptions import ConfigError, ErrorCode, InputError
 from modal_fastapi_kit.webhooks import WebhookEvent, WebhookVerificationError, verify_webhook
 
-from .._servers import ThreadedServer, free_port
+from .._servers import ThreadedServer, certificate, free_port
 
 
 def new_secret(size: int = 32) -> str:
@@ -631,22 +631,6 @@ async def test_the_metadata_address_is_refused_even_with_private_webhooks_allowe
 
 
 # -- TLS: a checked address, with the name kept for SNI and the certificate -----------------
-
-
-def certificate(tmp: Path, name: str) -> tuple[Path, Path]:
-    cert, key = tmp / f"{name}.pem", tmp / f"{name}.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-nodes", "-days", "1"),
-            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
-            *("-keyout", str(key), "-out", str(cert)),
-            *("-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ checked against the installed SDK, so a change there fails here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import inspect
 import itertools
@@ -32,13 +31,10 @@ import standardwebhooks
 from fastapi.testclient import TestClient
 from modal import exception as modal_errors
 from modal._functions import _Function, _FunctionCall
-from modal._runtime import user_code_imports
 from modal._runtime.execution_context import _set_current_context_ids
-from modal._runtime.task_lifecycle_manager import TaskLifecycleManager
 from modal._utils.async_utils import synchronizer
 from modal.cls import _Cls
 from modal.dict import _Dict
-from modal_proto import api_pb2
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -421,27 +417,7 @@ class JobsContainer(ModalContainer):
     """``ModalContainer`` for the jobs class of ``server_cls``."""
 
     def __init__(self, server_cls: type) -> None:
-        built = deployment(server_cls)
-        raw = synchronizer._translate_in(built.jobs_cls)
-        self.cls = _Cls._from_local(
-            raw._get_user_cls(), raw._get_app(), raw._get_class_service_function()
-        )
-        self.partials = self.cls._get_partial_functions()
-        self.instance = user_code_imports.get_user_class_instance(self.cls, (), {})
-        self.function_def = api_pb2.Function(
-            module_name=server_cls.__module__,
-            implementation_name=f"{server_cls.__name__}_jobs.*",
-            method_definitions={name: api_pb2.MethodDefinition() for name in self.partials},
-        )
-        self.service = user_code_imports.ImportedClass(
-            user_cls_instance=self.instance,
-            app=raw._get_app(),
-            service_deps=None,
-            _partial_functions=self.partials,
-            function_def=self.function_def,
-        )
-        self.lifecycle = TaskLifecycleManager("ta-test", "fu-test", self.function_def, None, None)
-        self._stack = contextlib.ExitStack()
+        super().__init__(server_cls, jobs=True)
 
     async def job(self, call_id: str, *args: Any) -> Any:
         """``mfk_job`` as Modal calls it for spawned call ``call_id``."""
