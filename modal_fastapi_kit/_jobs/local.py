@@ -241,14 +241,17 @@ class LocalJobs:
     async def _run_jobs(self) -> None:
         while True:
             runtime = await self._ready_runtime()
-            claimed = await asyncio.to_thread(
-                self.store.claim, self.backend.max_batch_size, self.runner, now=time.time()
-            )
-            if not claimed:
-                self._wake.clear()
-                await _wait(self._wake, POLL_SECONDS)
-                continue
-            await self._run(runtime, claimed)
+            try:
+                claimed = await asyncio.to_thread(
+                    self.store.claim, self.backend.max_batch_size, self.runner, now=time.time()
+                )
+                if claimed:
+                    await self._run(runtime, claimed)
+                    continue
+            except Exception:  # the file (locked, full, gone): its jobs wait, none is lost
+                logger.exception("%s: running jobs failed; trying again", self.spec.name)
+            self._wake.clear()
+            await _wait(self._wake, POLL_SECONDS)
 
     async def _ready_runtime(self) -> ModelRuntime:
         """The backend's runtime, once it is loaded and not stalled."""
@@ -296,6 +299,11 @@ class LocalJobs:
             if self._stopping:
                 raise
             outcomes = [None] * len(items)  # every job of the batch was canceled
+        except Exception as exc:  # run_batch answers per item; this is a last resort
+            logger.error("%s: a batch of %d jobs failed", self.spec.name, len(ids), exc_info=exc)
+            error = PredictError(f"the batch failed: {type(exc).__name__}")
+            error.__cause__ = exc
+            outcomes = [error] * len(items)
         finally:
             self._batch = None
             for job_id in ids:
@@ -438,7 +446,14 @@ class LocalJobs:
             await _wait(self._hooks_wake, POLL_SECONDS / 2)
 
     async def _deliver(self, hook: WebhookDue) -> None:
-        """One attempt of ``hook``'s delivery, recorded in the store."""
+        """One attempt of ``hook``'s delivery, recorded in the store (tried again later when
+        even that fails)."""
+        try:
+            await self._attempt(hook)
+        except Exception:
+            logger.exception("job %s: its webhook could not be attempted", hook.job_id)
+
+    async def _attempt(self, hook: WebhookDue) -> None:
         info = await asyncio.to_thread(self.store.get, hook.job_id, hook.owner, now=time.time())
         if info is None or self.signer is None:
             return
