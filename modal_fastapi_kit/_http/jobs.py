@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -45,6 +46,7 @@ from .file_answer import close_after, file_response
 from .file_openapi import UPLOAD_ERRORS, FileBody, file_answer_responses, upload_docs
 from .upload_call import take_uploads
 from .uploads import close_files
+from .waiting import ClientGone, wait_for_disconnect
 
 __all__ = [
     "IDEMPOTENCY_HEADER",
@@ -60,6 +62,7 @@ REPLAYED_HEADER = "idempotent-replayed"
 RETRY_AFTER = "1"  # seconds a client waits before it asks about a job again
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 _JSON = "application/json"
+T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No valid API key (when auth='api-key')"},
@@ -175,11 +178,15 @@ def add_job_routes(
     ) -> Response:
         rid = request_id(request)
         try:
-            info, value = await jobs.result(job_id, owner(request), min(wait, options.max_wait))
+            seconds = min(wait, options.max_wait)
+            looked = jobs.result(job_id, owner(request), seconds)
+            info, value = await (_unless_gone(request, looked) if seconds > 0 else looked)
             if info.state is JobState.CANCELED:
                 raise job_canceled(job_id)
             if info.state is JobState.FAILED and info.error is not None:
                 return error_response(info.error.exception(), rid)
+        except ClientGone:
+            return Response(status_code=499)  # the client left mid-wait; nobody reads this
         except Exception as exc:
             return failure_response(exc, rid)
         if value is None:  # not done yet
@@ -246,6 +253,23 @@ def add_job_routes(
         responses=_ERRORS,
     )
     return RouteNames(exclusive=tuple(names.values()))
+
+
+async def _unless_gone(request: Request, waiting: Coroutine[Any, Any, T]) -> T:
+    """``waiting``'s answer; ``ClientGone`` (and ``waiting`` stopped) when the client
+    disconnects first: a long-poll whose client left holds nothing."""
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(waiting)
+    watcher = loop.create_task(wait_for_disconnect(request.receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+        raise ClientGone
+    return task.result()
 
 
 def job_route_paths(spec: ServiceSpec) -> list[str]:

@@ -3,6 +3,7 @@ idempotent resubmission, expiry, keys per job, failures, limits, batches and fil
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -418,3 +419,26 @@ def test_an_async_predict_is_cancelled_at_once_without_reporting_progress(runs):
         assert client.get(after["links"]["result"], params={"wait": 20}).status_code == 200
         assert time.monotonic() - began < 4  # the 5 s await was cancelled, not waited out
     assert ran(runs) == [8, 9]
+
+
+def test_a_long_poll_whose_client_leaves_ends_with_it():
+    @gpu_service(name="left-poll", route="/count", jobs=JobOptions(max_wait=60))
+    class LeftPoll(Counter):
+        pass  # a name of its own for its metrics
+
+    with serve(LeftPoll) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        wait_ready(server.url)
+        job = submit(client, n=1, steps=1, delay=5)
+        path = f"/count/jobs/{job['id']}/result?wait=60"
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        time.sleep(0.3)
+        sock.close()  # the client leaves while the server waits for the job
+        deadline = time.monotonic() + 3  # well before the job ends (5 s) or the wait (60 s)
+        seen = (
+            'mfk_requests_total{route="/count/jobs/{job_id}/result",service="left-poll",'
+            'status="499"} 1.0'
+        )
+        while seen not in client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the long-poll went on after its client left"
+            time.sleep(0.05)
