@@ -75,12 +75,42 @@ def describe(built: ModalDeployment) -> Table:
         ("URL", f"{built.url_shape}  (`modal serve` adds -dev to the label)"),
         ("routes", ", ".join([*_api(built).route_paths(built.spec), *_KIT_ROUTES])),
     ]
-    return [
+    table: Table = [
         (f"app {built.app.name}", [("image*", "debian slim"), *image]),
         ("GPU class", gpu_class),
         ("web endpoint", web),
-        (NOT_FROM_INFO, []),
     ]
+    if built.jobs_cls is not None:
+        table.append(("jobs", _jobs(built)))
+    return [*table, (NOT_FROM_INFO, [])]
+
+
+def _jobs(built: ModalDeployment) -> list[Row]:
+    """The jobs class and the webhook function, read back through ``info()``."""
+    from .._jobs.modal import JOB_METHOD, jobs_class_name, jobs_dict_name, webhook_function_name
+
+    assert built.jobs_cls is not None and built.webhook_function is not None
+    options = built.config.jobs
+    assert options is not None
+    info = getattr(built.jobs_cls(), JOB_METHOD).info()
+    hooks = built.webhook_function.info()
+    name = built.server_cls.__name__
+    return [
+        ("class", f"{jobs_class_name(name)} (methods: {', '.join(info.method_names or [])})"),
+        ("gpu", _gpus(info.gpus)),
+        ("timeout", f"{info.timeout}s (run_timeout {options.run_timeout:g}s and a margin)"),
+        ("retries", _retries(info.max_retries, built.config.retry_policy)),
+        ("retention*", f"{options.retention:g}s (Modal keeps a call's result 7 days)"),
+        ("records*", f"modal.Dict {jobs_dict_name(built.config.name)!r}"),
+        ("webhooks", f"{webhook_function_name(name)} (CPU), timeout {hooks.timeout}s"),
+        ("webhook secret*", _webhook_secret(options.webhook_secret, options.webhook_secret_env)),
+    ]
+
+
+def _webhook_secret(secret: str | None, variable: str) -> str:
+    if secret is not None:
+        return f"Modal Secret {secret!r} (sets ${variable})"
+    return f"none named: ${variable} must come from one of secrets=[...], or webhooks are refused"
 
 
 _KIT_ROUTES = ("GET /healthz", "GET /readyz", "GET /docs")

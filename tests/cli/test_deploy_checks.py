@@ -282,3 +282,18 @@ def test_a_joining_service_that_runs_one_stream_at_a_time_is_flagged(
     path.write_text(JOINING.format(name=name, options=options))
     codes = [f.code for f in check_service(import_file(path).Svc).findings]
     assert ("joining-one-at-a-time" in codes) is flagged
+
+
+def test_a_service_with_jobs_shows_its_jobs_class_and_webhook_function():
+    from examples.corpus import CorpusEmbedder
+
+    report = check_service(CorpusEmbedder)
+    assert report.findings == ()
+    sections = dict(report.deployment)
+    assert list(sections)[:4] == ["app corpus-embeddings", "GPU class", "web endpoint", "jobs"]
+    jobs = dict(sections["jobs"])
+    assert jobs["class"] == "CorpusEmbedder_jobs (methods: mfk_job)"
+    assert jobs["timeout"].startswith("3660s")  # read back through info(): run_timeout + 60
+    assert jobs["records*"] == "modal.Dict 'corpus-embeddings-jobs'"
+    assert jobs["webhooks"].startswith("CorpusEmbedder_webhooks (CPU), timeout ")
+    assert "POST /corpus/jobs" in dict(sections["web endpoint"])["routes"]
