@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import Request
@@ -18,19 +18,24 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from .._core.spec import ServiceSpec
-from .._file import files_in
+from .._file import File, files_in
 from .._metrics import metrics_for
 from ..exceptions import DeadlineExceeded
+from .errors import REQUEST_ID_HEADER
+from .file_answer import close_after, file_response
 from .route import count_requests, limit_body
 from .uploads import close_files, fetch_urls
 
 __all__ = [
     "annotate_item",
+    "answer_response",
     "late_error",
     "prepare_endpoint",
     "release_files",
     "url_fetcher",
 ]
+
+_JSON = "application/json"
 
 
 def prepare_endpoint(endpoint: Any, spec: ServiceSpec) -> None:
@@ -62,6 +67,21 @@ def release_files(item: Any, error: Exception) -> None:
     them (a deadline passed while it ran): those go when it lets go of the item."""
     if not isinstance(error, DeadlineExceeded):
         close_files(files_in(item))
+
+
+def answer_response(
+    spec: ServiceSpec, value: BaseModel, rid: str, files: Iterable[File] = ()
+) -> Response:
+    """A service's answer to the client: its JSON, or the file's bytes for a service that
+    answers a file (``ModelServer[In, File]``); ``files`` (the request's) are closed once it
+    is sent."""
+    held = list(files)
+    if spec.answers_file:
+        file: File = value.root  # type: ignore[attr-defined]
+        return close_after(file_response(file, rid), [*held, file])
+    body: bytes = value.__pydantic_serializer__.to_json(value)
+    close_files(held)
+    return Response(body, media_type=_JSON, headers={REQUEST_ID_HEADER: rid})
 
 
 def annotate_item(endpoint: Any, request_model: type[BaseModel]) -> None:

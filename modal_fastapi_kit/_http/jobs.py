@@ -40,9 +40,8 @@ from .._jobs.status import JobInfo, JobState, JobStatus, job_links
 from .._jobs.webhooks import check_webhook_address, check_webhook_url
 from ..exceptions import ErrorCode, InputError
 from .auth import presented_key
-from .endpoint import annotate_item, prepare_endpoint, url_fetcher
+from .endpoint import annotate_item, answer_response, prepare_endpoint, url_fetcher
 from .errors import REQUEST_ID_HEADER, ErrorBody, error_response, failure_response, request_id
-from .file_answer import close_after, file_response
 from .file_openapi import UPLOAD_ERRORS, FileBody, file_answer_responses, upload_docs
 from .upload_call import take_uploads
 from .uploads import close_files
@@ -82,7 +81,19 @@ def add_job_routes(
         kind: f"{config.name}.jobs.{kind}" for kind in ("submit", "status", "result", "cancel")
     }
     checks_keys = config.auth == "api-key"
-    tags = [spec.name]
+
+    def add(kind: str, path: str, endpoint: Any, method: str, summary: str, **more: Any) -> None:
+        prepare_endpoint(endpoint, spec)
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            name=names[kind],
+            summary=f"{spec.name}: {summary}",
+            tags=[spec.name],
+            dependencies=dependencies,
+            **more,
+        )
 
     def owner(request: Request) -> str:
         if not checks_keys:
@@ -135,7 +146,6 @@ def add_job_routes(
         return response
 
     annotate_item(submit, spec.request_model)
-    prepare_endpoint(submit, spec)
     take_uploads(submit, spec)
     submit_errors = {
         **_ERRORS,
@@ -145,14 +155,12 @@ def add_job_routes(
         **(UPLOAD_ERRORS if takes_files else {}),
     }
     submit_errors.pop(404)
-    router.add_api_route(
+    add(
+        "submit",
         base,
         submit,
-        methods=["POST"],
-        name=names["submit"],
-        summary=f"{spec.name}: submit a job",
-        tags=tags,
-        dependencies=dependencies,
+        "POST",
+        "submit a job",
         status_code=202,
         response_model=JobStatus,
         responses=submit_errors,
@@ -191,11 +199,7 @@ def add_job_routes(
             return failure_response(exc, rid)
         if value is None:  # not done yet
             return answer(request, info, rid, status=202)
-        if spec.answers_file:
-            file = value.root  # type: ignore[attr-defined]
-            return close_after(file_response(file, rid), [file])
-        body: bytes = value.__pydantic_serializer__.to_json(value)
-        return Response(body, media_type=_JSON, headers={REQUEST_ID_HEADER: rid})
+        return answer_response(spec, value, rid)
 
     result_responses: dict[int | str, dict[str, Any]] = {
         **_ERRORS,
@@ -215,40 +219,24 @@ def add_job_routes(
             return failure_response(exc, rid)
         return answer(request, info, rid)
 
-    for endpoint in (status, result, cancel):
-        prepare_endpoint(endpoint, spec)
     own = f"{base}/{{job_id}}"
-    router.add_api_route(
-        own,
-        status,
-        methods=["GET"],
-        name=names["status"],
-        summary=f"{spec.name}: a job's status",
-        tags=tags,
-        dependencies=dependencies,
-        response_model=JobStatus,
-        responses=_ERRORS,
-    )
-    router.add_api_route(
+    add("status", own, status, "GET", "a job's status", response_model=JobStatus, responses=_ERRORS)
+    add(
+        "result",
         f"{own}/result",
         result,
-        methods=["GET"],
-        name=names["result"],
-        summary=f"{spec.name}: a job's result",
-        tags=tags,
-        dependencies=dependencies,
+        "GET",
+        "a job's result",
         response_model=None if spec.answers_file else spec.response_model,
         response_class=FileBody if spec.answers_file else JSONResponse,
         responses=result_responses,
     )
-    router.add_api_route(
+    add(
+        "cancel",
         f"{own}/cancel",
         cancel,
-        methods=["POST"],
-        name=names["cancel"],
-        summary=f"{spec.name}: cancel a job",
-        tags=tags,
-        dependencies=dependencies,
+        "POST",
+        "cancel a job",
         response_model=JobStatus,
         responses=_ERRORS,
     )

@@ -46,16 +46,22 @@ from .._metrics import watch, watch_jobs
 from ..exceptions import DeadlineExceeded
 from .auth import ApiKeys, key_dependency
 from .direct import call_directly
-from .endpoint import annotate_item, late_error, prepare_endpoint, release_files, url_fetcher
-from .errors import REQUEST_ID_HEADER, ErrorBody, failure_response, request_id
-from .file_answer import close_after, file_response
+from .endpoint import (
+    annotate_item,
+    answer_response,
+    late_error,
+    prepare_endpoint,
+    release_files,
+    url_fetcher,
+)
+from .errors import ErrorBody, failure_response, request_id
+from .file_answer import close_after
 from .file_openapi import UPLOAD_ERRORS, FileBody, file_answer_responses, upload_docs
 from .health import HealthBody, liveness, readiness, register_service
 from .jobs import add_job_routes, job_route_paths
 from .route import KitRoute
 from .streaming import SSE_TYPE, StreamResponse, chunk_responses, wants_ndjson
 from .upload_call import take_uploads
-from .uploads import close_files
 from .waiting import ClientGone, outcomes, wait_for_disconnect
 
 __all__ = [
@@ -242,13 +248,7 @@ def _endpoint(spec: ServiceSpec, backend: Backend) -> Any:
             if takes_files:
                 release_files(item, exc)
             return failure_response(exc, rid)
-        if spec.answers_file:
-            files = [*files_in(item), result.root] if takes_files else [result.root]
-            return close_after(file_response(result.root, rid), files)
-        body: bytes = result.__pydantic_serializer__.to_json(result)
-        if takes_files:
-            close_files(files_in(item))
-        return Response(body, media_type=_JSON, headers={REQUEST_ID_HEADER: rid})
+        return answer_response(spec, result, rid, files_in(item) if takes_files else ())
 
     annotate_item(predict, spec.request_model)
     call_directly(predict, spec.request_model)
