@@ -144,9 +144,19 @@ def wait_ready(base_url: str, path: str = "/readyz", timeout: float = 120) -> li
 class ThreadedServer:
     """An ASGI app on uvicorn in a thread of this process, on 127.0.0.1; stopped on exit."""
 
-    def __init__(self, app: object) -> None:
+    def __init__(
+        self, app: object, *, certfile: str | None = None, keyfile: str | None = None
+    ) -> None:
+        """Over TLS when given a certificate and its key."""
         self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -10,7 +10,6 @@ import shutil
 import socket
 import ssl
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -19,7 +18,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
@@ -36,7 +34,7 @@ from modal_fastapi_kit._address_guard import (
 from modal_fastapi_kit._fetch import MAX_REDIRECTS, fetch_file, shown_url
 from modal_fastapi_kit.exceptions import ErrorCode, InputError
 
-from .._servers import certificate, free_port
+from .._servers import ThreadedServer, certificate, free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 LIMITS = FileLimits(max_bytes=4096, urls=True, url_timeout=10)
@@ -368,29 +366,12 @@ def serving(
     site: Site, *, certfile: str | None = None, keyfile: str | None = None
 ) -> Iterator[int]:
     """``site`` on uvicorn on 127.0.0.1 (over TLS given a certificate and its key)."""
-    port = free_port()
-    config = uvicorn.Config(
-        site,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        ssl_certfile=certfile,
-        ssl_keyfile=keyfile,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield port
-    finally:
-        site.stop.set()
-        server.should_exit = True
-        thread.join(10)
-        assert not thread.is_alive()
+    with ThreadedServer(site, certfile=certfile, keyfile=keyfile) as server:
+        try:
+            yield server.port
+        finally:
+            site.stop.set()  # before the server stops: a held answer lets go
+    assert not server.thread.is_alive()
 
 
 @pytest.fixture(scope="module")
