@@ -33,7 +33,8 @@ install: $(VENV)/.installed
 system-deps:
 	@command -v nginx >/dev/null && command -v caddy >/dev/null && command -v node >/dev/null \
 	  && command -v prometheus >/dev/null && command -v chromium >/dev/null \
-	  && command -v jq >/dev/null || { \
+	  && command -v jq >/dev/null && command -v curl >/dev/null && command -v openssl >/dev/null \
+	  || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \

@@ -61,7 +61,7 @@ def test_the_keyed_class_attaches_the_secret_the_command_creates(lengths):
     script = re.search(r"python -c '([^']+)'", BASH[0])
     assert script is not None
     key = subprocess.run(
-        ["python", "-c", script.group(1)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script.group(1)], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert len(key) >= MIN_KEY_LENGTH and "," not in key
 
