@@ -10,7 +10,6 @@ its own (a job's ``run_timeout``, far longer than a request's): it is stuck only
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -37,7 +36,6 @@ class Watchdog:
         self.stalled: ModelStalled | None = None
         # waiting -> (start on the loop's clock for an async call, its own bound or None)
         self._calls: dict[asyncio.Future[Any], tuple[float | None, float | None]] = {}
-        self._thread_bound: float | None = None  # the bound of the sync call running now
         self._listeners: list[Callable[[ModelStalled], None]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -50,9 +48,7 @@ class Watchdog:
         if self.stalled is not None:
             raise self.stalled
         if not self.asynchronous:
-            if bound is not None:
-                fn = functools.partial(self._bounded, bound, fn)
-            waiting: asyncio.Future[Any] = self.thread.call(fn, *args)
+            waiting: asyncio.Future[Any] = self.thread.call(fn, *args, bound=bound)
             self._calls[waiting] = (None, bound)
             try:
                 return await waiting
@@ -69,14 +65,6 @@ class Watchdog:
             del self._calls[waiting]
             if not task.done():
                 task.cancel()  # the watchdog failed it, or the caller left
-
-    def _bounded(self, bound: float, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` on the thread, with ``bound`` as the running call's bound."""
-        self._thread_bound = bound
-        try:
-            return fn(*args)
-        finally:
-            self._thread_bound = None
 
     def start(self, bound: float | None, name: str, *, longest: float | None = None) -> None:
         """Check every call against ``bound`` seconds (``None``: never) from now on; a call
@@ -112,9 +100,9 @@ class Watchdog:
         """``(seconds running, bound, whether it is a call's own bound)`` of a model call in
         progress past its bound, or None."""
         found: list[tuple[float, float | None]] = []
-        since = self.thread.busy_since
-        if since is not None:
-            found.append((time.monotonic() - since, self._thread_bound))
+        busy = self.thread.busy  # one read: the start and the bound of the same call
+        if busy is not None:
+            found.append((time.monotonic() - busy[0], busy[1]))
         now = loop.time()
         for started, own in self._calls.values():
             if started is not None:

@@ -40,16 +40,20 @@ from .._core.wire import decode_outcome, decode_request, encode_outcome
 from .._file import files_in
 from .._metrics import JobMetrics
 from ..exceptions import (
-    DeadlineExceeded,
     ErrorCode,
     InputError,
-    ModelStalled,
     PredictError,
     ServingError,
 )
 from . import progress as job_progress
 from .options import JobOptions
-from .service import Submission, job_expired, job_not_found, request_digest
+from .service import (
+    Submission,
+    job_expired,
+    job_not_found,
+    public_job_error,
+    request_digest,
+)
 from .sqlite import Claimed, NewJob, SqliteJobStore, WebhookDue, runner_name
 from .status import JobInfo, JobProgress, JobState, WebhookState, WebhookStatus, job_links
 from .webhooks import WebhookSigner, retry_delay, send_once, webhook_event
@@ -324,7 +328,9 @@ class LocalJobs:
             info = await asyncio.to_thread(
                 self.store.finish,
                 job_id,
-                error=self._public(job_id, outcome, started),
+                error=public_job_error(
+                    job_id, outcome, time.time() - started, self.options.run_timeout
+                ),
                 now=time.time(),
             )
         else:
@@ -345,19 +351,6 @@ class LocalJobs:
                     file.close()
         if info is not None:
             self._ended_here(job_id, info, ran=time.time() - started)
-
-    def _public(self, job_id: str, error: ServingError, started: float) -> ServingError:
-        """What a job's status says of ``error``: a model failure is logged, not shown."""
-        if isinstance(error, ModelStalled) and time.time() - started >= self.options.run_timeout:
-            return DeadlineExceeded(
-                f"the job ran past its run_timeout ({self.options.run_timeout:g} s)"
-            )
-        if isinstance(error, PredictError):
-            logger.error("job %s failed: %s", job_id, error, exc_info=error.__cause__)
-            return PredictError("predict failed; quote the job id when reporting it")
-        if error.internal is not None:
-            logger.warning("job %s: %s (%s)", job_id, error, error.internal)
-        return error
 
     def _ended_here(self, job_id: str, info: JobInfo, *, ran: float | None) -> None:
         self._pending = max(0, self._pending - 1)

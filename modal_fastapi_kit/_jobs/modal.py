@@ -391,7 +391,9 @@ class ModalJobs:
         except (modal_errors.Error, OSError):
             raise  # Modal could not be asked: _look maps it
         except Exception as exc:  # an exception the container raised, re-raised here
-            error = PredictError(f"the job raised {type(exc).__name__}: {exc}")
+            error = PredictError(
+                f"the job raised {type(exc).__name__}; the jobs container's log says why"
+            )
             error.__cause__ = exc
             return error
 

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from ..exceptions import ErrorCode, InputError, QueueFullError
+from ..exceptions import (
+    DeadlineExceeded,
+    ErrorCode,
+    InputError,
+    ModelStalled,
+    PredictError,
+    QueueFullError,
+    ServingError,
+)
 from .status import JobInfo
+
+logger = logging.getLogger("modal_fastapi_kit")
 
 __all__ = [
     "JobService",
@@ -27,6 +38,7 @@ __all__ = [
     "job_expired",
     "job_not_found",
     "owner_of",
+    "public_job_error",
     "request_digest",
     "too_many_jobs",
 ]
@@ -81,6 +93,22 @@ class JobService(Protocol):
         """Cancel the job (a queued one never runs, a running one is stopped) and answer it;
         a job already ended is answered as it is."""
         ...
+
+
+def public_job_error(
+    job_id: str, error: ServingError, ran: float, run_timeout: float
+) -> ServingError:
+    """What a job's status (and its webhook) says of ``error``, wherever the job ran: a model
+    failure is logged with the job's id and not shown; a model call stuck past the job's own
+    ``run_timeout`` (``ran`` seconds into the job) is the job's ``deadline``."""
+    if isinstance(error, ModelStalled) and ran >= run_timeout:
+        return DeadlineExceeded(f"the job ran past its run_timeout ({run_timeout:g} s)")
+    if isinstance(error, PredictError):
+        logger.error("job %s failed: %s", job_id, error, exc_info=error.__cause__)
+        return PredictError("predict failed; quote the job id when reporting it")
+    if error.internal is not None:
+        logger.warning("job %s: %s (%s)", job_id, error, error.internal)
+    return error
 
 
 def owner_of(api_key: str | None) -> str:

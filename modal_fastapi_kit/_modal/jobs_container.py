@@ -31,6 +31,7 @@ from .._file import files_in
 from .._jobs.modal import JobRecords, jobs_dict_name
 from .._jobs.options import JobOptions
 from .._jobs.progress import CURRENT, JobCall
+from .._jobs.service import public_job_error
 from .._jobs.status import (
     JobError,
     JobInfo,
@@ -104,6 +105,8 @@ async def run(model: Any, wire: Wire, meta: dict[str, Any], *, store: Any, webho
         finally:
             for file in files_in(request):
                 file.close()
+    if isinstance(outcome, ServingError):
+        outcome = public_job_error(job_id, outcome, time.time() - started, options.run_timeout)
     envelope, outcome = _envelope(outcome)
     finished = time.time()
     state = JobState.FAILED if isinstance(outcome, ServingError) else JobState.SUCCEEDED
@@ -154,7 +157,9 @@ def _envelope(outcome: Any) -> tuple[Wire, Any]:
         return encode_outcome(outcome), outcome
     except Exception as exc:
         logger.exception("could not send a job's answer to the web tier")
-        error = PredictError(f"the answer could not be sent: {type(exc).__name__}: {exc}")
+        error = PredictError(
+            f"the answer could not be sent ({type(exc).__name__}); the log says why"
+        )
         error.__cause__ = exc
         return encode_outcome(error), error
 
