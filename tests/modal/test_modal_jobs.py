@@ -66,6 +66,7 @@ class WorkIn(BaseModel):
     hold: bool = False  # after the first step, wait for RELEASE
     pause: float = 0.0  # seconds between steps
     fail: bool = False  # refuse the item (InputError)
+    crash: bool = False  # the model raises for the item, with words that must stay in the log
 
 
 class WorkOut(BaseModel):
@@ -110,6 +111,9 @@ class Worker(ModelServer[WorkIn, WorkOut]):
         for item in items:
             if item.fail:
                 answers.append(InputError(f"n={item.n} is refused on purpose"))
+                continue
+            if item.crash:
+                answers.append(RuntimeError("the db password is hunter2"))
                 continue
             for step in range(item.steps):
                 try:
@@ -603,6 +607,20 @@ def test_a_failed_job_answers_its_own_error(cloud):
         assert status["error"]["code"] == "invalid_input"
         assert status["error"]["status"] == 422
         assert cloud.store.data[f"end:{job_id}"]["state"] == "failed"
+
+    _serve(cloud, scenario)
+
+
+def test_a_job_whose_model_raised_shows_no_word_of_it(cloud, caplog):
+    async def scenario(client: httpx.AsyncClient) -> None:
+        job_id = (await client.post("/work/jobs", json={"n": 1, "crash": True})).json()["id"]
+        result = await client.get(f"/work/jobs/{job_id}/result", params={"wait": BOUND / 2})
+        assert result.status_code == 500 and result.json()["code"] == "predict_failed"
+        status = (await client.get(f"/work/jobs/{job_id}")).json()
+        assert status["error"]["code"] == "predict_failed"
+        for said in (result.text, str(status)):
+            assert "hunter2" not in said and "quote the job id" in said
+        assert f"job {job_id} failed" in caplog.text and "hunter2" in caplog.text
 
     _serve(cloud, scenario)
 
