@@ -42,6 +42,7 @@ from .._metrics import JobMetrics
 from ..exceptions import (
     ErrorCode,
     InputError,
+    ModelStalled,
     PredictError,
     ServingError,
 )
@@ -177,12 +178,15 @@ class LocalJobs:
                 code=ErrorCode.WEBHOOK_REFUSED,
             )
         enveloped = wire.keys() == {"request", "files"}
+        # only a key's replay compares digests; a digest reads every file's bytes
+        key = submission.idempotency_key
+        digest = await asyncio.to_thread(request_digest, wire) if key else ""
         job = NewJob(
             id="job-" + os.urandom(16).hex(),
             owner=submission.owner,
             request_id=submission.request_id,
             jobs_url=submission.jobs_url,
-            digest=request_digest(wire),
+            digest=digest,
             request=wire["request"] if enveloped else wire,
             files=wire["files"] if enveloped else (),
             idempotency_key=submission.idempotency_key,
@@ -212,12 +216,16 @@ class LocalJobs:
     ) -> tuple[JobInfo, BaseModel | None]:
         loop = asyncio.get_running_loop()
         ends = loop.time() + max(0.0, wait)
-        while True:
-            info = await self.status(job_id, owner)
-            left = ends - loop.time()
-            if info.state.done or left <= 0:
-                break
-            await _wait(self._ended.setdefault(job_id, asyncio.Event()), min(left, POLL_SECONDS))
+        try:
+            while True:
+                info = await self.status(job_id, owner)
+                left = ends - loop.time()
+                if info.state.done or left <= 0:
+                    break
+                event = self._ended.setdefault(job_id, asyncio.Event())
+                await _wait(event, min(left, POLL_SECONDS))
+        finally:  # a job that ends in another process sharing the file leaves no event here
+            self._ended.pop(job_id, None)
         if info.state is JobState.EXPIRED:
             raise job_expired(job_id, self.options.retention)
         if info.state is not JobState.SUCCEEDED:
@@ -297,11 +305,13 @@ class LocalJobs:
             )
         finally:
             job_progress.CURRENT.reset(token)
+        returned = True
         try:
             outcomes: list[Any] = await self._batch
         except asyncio.CancelledError:
             if self._stopping:
                 raise
+            returned = False
             outcomes = [None] * len(items)  # every job of the batch was canceled
         except Exception as exc:  # run_batch answers per item; this is a last resort
             logger.error("%s: a batch of %d jobs failed", self.spec.name, len(ids), exc_info=exc)
@@ -312,6 +322,8 @@ class LocalJobs:
             self._batch = None
             for job_id in ids:
                 self._calls.pop(job_id, None)
+        # a call found stuck, or canceled, may still be reading the files: GC closes those
+        if returned and not any(isinstance(o, ModelStalled) for o in outcomes):
             for item in items:
                 for file in files_in(item):
                     file.close()
@@ -448,7 +460,16 @@ class LocalJobs:
 
     async def _attempt(self, hook: WebhookDue) -> None:
         info = await asyncio.to_thread(self.store.get, hook.job_id, hook.owner, now=time.time())
-        if info is None or self.signer is None:
+        why = None
+        if self.signer is None:
+            why = f"no webhook secret: ${self.options.webhook_secret_env} is not set"
+        elif info is None or not info.state.done or info.state is JobState.EXPIRED:
+            why = "the job expired before the webhook was delivered"
+        if why is not None or info is None or self.signer is None:
+            gone = WebhookStatus(
+                url=hook.url, state="failed", attempts=hook.attempts, last_error=why
+            )
+            await asyncio.to_thread(self.store.webhook_attempted, hook.job_id, gone, None)
             return
         info.webhook = None  # the same body on every attempt
         msg_id, body = webhook_event(info.status(job_links(hook.jobs_url, hook.job_id)))

@@ -455,6 +455,12 @@ class SqliteJobStore:
                     "progress_message = NULL WHERE id = ?",
                     (JobState.EXPIRED.value, job_id),
                 )
+                db.execute(  # a delivery still being tried ends with its job
+                    "UPDATE jobs SET webhook_state = 'failed', webhook_next_at = NULL, "
+                    "webhook_error = 'the job expired before the webhook was delivered' "
+                    "WHERE id = ? AND webhook_state = 'pending'",
+                    (job_id,),
+                )
                 db.execute("DELETE FROM job_files WHERE job_id = ?", (job_id,))
             db.execute(
                 "DELETE FROM jobs WHERE service = ? AND state = ? AND finished_at < ?",

@@ -175,3 +175,16 @@ def test_one_file_keeps_several_services_apart(tmp_path):
     b.add(new("j2"), max_pending=1, now=T0)  # a's job does not count against b
     assert [c.id for c in b.claim(5, "r", now=T0)] == ["j2"]
     assert b.get("j1", "o", now=T0) is None
+
+
+def test_a_webhook_still_pending_when_its_job_expires_ends_failed(tmp_path):
+    s = store(tmp_path, retention=10)
+    s.add(new("j1", webhook_url="https://hooks.example/x"), max_pending=10, now=T0)
+    s.claim(1, "r", now=T0)
+    s.finish("j1", outcome={"ok": {}, "files": []}, now=T0)
+    assert s.webhooks_due(now=T0, limit=10)  # the receiver is down: it stays due
+    s.expire(now=T0 + 11)
+    assert s.webhooks_due(now=T0 + 12, limit=10) == []  # no more tries, none blocking others
+    webhook = s.get("j1", "o", now=T0 + 12).webhook
+    assert webhook is not None and webhook.state == "failed"
+    assert webhook.last_error == "the job expired before the webhook was delivered"
