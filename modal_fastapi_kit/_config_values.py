@@ -1,7 +1,7 @@
 """The options' named defaults and bounds, the GPU types Modal knows, and ``RetryPolicy``.
 
-The bottom of the configuration: ``_config_checks`` judges values against these, and
-``_config`` (``ServiceConfig``) names them as its defaults.
+The bottom of the configuration: ``_config`` (``ServiceConfig``) names them as its defaults
+and checks values against them.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from .exceptions import ErrorCode, InputError
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "WIRE_FILES",
+    "WIRE_MARKER",
     "File",
     "FileAnswer",
     "FileField",
@@ -58,7 +59,7 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # files of a model travelling between tiers: each File field is written as a marker that
 # indexes it, and read back from it.
 WIRE_FILES = "mfk_files"
-_WIRE_MARKER = "mfk-file:"
+WIRE_MARKER = "mfk-file:"
 _READ_CHUNK = 1 << 20
 
 
@@ -582,9 +583,9 @@ def _from_string(
     value: str, limits: FileLimits, info: core_schema.ValidationInfo, field: str
 ) -> File:
     context = info.context
-    if value.startswith(_WIRE_MARKER) and isinstance(context, dict) and WIRE_FILES in context:
+    if value.startswith(WIRE_MARKER) and isinstance(context, dict) and WIRE_FILES in context:
         files: list[File] = context[WIRE_FILES]
-        index = value[len(_WIRE_MARKER) :]
+        index = value[len(WIRE_MARKER) :]
         if index.isdigit() and int(index) < len(files):
             return files[int(index)]
     head = value[:8].lower()
@@ -614,7 +615,7 @@ def _serialize(file: File, info: core_schema.SerializationInfo) -> Any:
     context = info.context
     if isinstance(context, dict) and isinstance(files := context.get(WIRE_FILES), list):
         files.append(file)
-        return f"{_WIRE_MARKER}{len(files) - 1}"
+        return f"{WIRE_MARKER}{len(files) - 1}"
     if file.url is not None:
         return file.url
     return file.data_uri()

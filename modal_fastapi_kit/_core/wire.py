@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .._file import WIRE_FILES, File
+from .._file import WIRE_FILES, WIRE_MARKER, File
 from ..exceptions import ERROR_CODES, ErrorCode, PredictError, ServingError, error_for
 
 __all__ = [
@@ -55,7 +55,6 @@ PREDICT_METHOD = "mfk_predict"
 STREAM_METHOD = "mfk_stream"
 
 _REQUEST_KEYS = {"request", "files"}
-_MARKER = "mfk-file:"  # how a File is written in the JSON between tiers (see _file.WIRE_FILES)
 _MISMATCH = "deploy both tiers from the same code"
 
 
@@ -187,7 +186,7 @@ def _said(exc: ValidationError, files: list[File]) -> str:
     """The validation errors, in short; a file marker that names no file is said as such."""
     for error in exc.errors():
         value = error.get("input")
-        if isinstance(value, str) and value.startswith(_MARKER):
+        if isinstance(value, str) and value.startswith(WIRE_MARKER):
             where = ".".join(str(part) for part in error["loc"]) or "the value"
             return f"{where} names {value!r}, but the envelope carries {len(files)} file(s)"
     return f"{exc.error_count()} validation errors"

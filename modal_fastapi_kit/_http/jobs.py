@@ -60,7 +60,6 @@ WEBHOOK_HEADER = "webhook-url"
 REPLAYED_HEADER = "idempotent-replayed"
 RETRY_AFTER = "1"  # seconds a client waits before it asks about a job again
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
-_JSON = "application/json"
 T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -125,7 +124,6 @@ def add_job_routes(
             else:
                 wire = encode_request(item)
             submission = Submission(
-                item=item,
                 owner=owner(request),
                 request_id=rid,
                 jobs_url=jobs_url(request),

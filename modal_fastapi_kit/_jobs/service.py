@@ -46,9 +46,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """One submitted job: the validated request (its files open), who sent it, and how."""
+    """One submitted job: who sent it, and how (its request goes beside it, in wire form)."""
 
-    item: BaseModel
     owner: str  # owner_of(the API key it came with); "" on a service without keys
     request_id: str
     jobs_url: str  # the submit route's URL; a job's own is jobs_url + "/" + its id

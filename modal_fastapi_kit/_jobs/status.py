@@ -99,8 +99,8 @@ class WebhookStatus(BaseModel):
 
 
 class JobLinks(BaseModel):
-    """Where to follow the job: its status, its result and its cancel route (paths on the
-    service, under the router's prefix)."""
+    """Where to follow the job: the absolute URLs of its status, result and cancel routes
+    (under the router's prefix; public ones behind an edge the service trusts)."""
 
     status: str
     result: str

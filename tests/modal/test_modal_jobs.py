@@ -550,7 +550,14 @@ def test_a_job_is_spawned_queued_runs_with_progress_and_succeeds(cloud):
         assert submitted.headers["location"] == f"http://testserver/work/jobs/{job_id}"
         # spawned once, with the request and what the container needs to answer a webhook
         [(wire, meta)] = cloud.spawned
-        assert wire == {"n": 4, "steps": 2, "hold": True, "pause": 0.0, "fail": False}
+        assert wire == {
+            "n": 4,
+            "steps": 2,
+            "hold": True,
+            "pause": 0.0,
+            "fail": False,
+            "crash": False,
+        }
         assert meta["jobs_url"] == "http://testserver/work/jobs"
         assert meta["webhook"] is None
         assert meta["request_id"] == submitted.headers["x-request-id"]
