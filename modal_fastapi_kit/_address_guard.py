@@ -110,6 +110,14 @@ def _plain_refusal(address: Address) -> str | None:
     return None
 
 
+def _is_metadata(address: Address) -> bool:
+    """A cloud metadata address, written plainly or in an IPv6 form that reaches it."""
+    if address in METADATA_ADDRESSES:
+        return True
+    embedded = _embedded_ipv4(address) if isinstance(address, IPv6Address) else None
+    return embedded is not None and embedded in METADATA_ADDRESSES
+
+
 def _embedded_ipv4(address: IPv6Address) -> IPv4Address | None:
     """The IPv4 address an IPv4-mapped, 6to4 or NAT64 address stands for."""
     if address.ipv4_mapped is not None:
@@ -194,7 +202,7 @@ class AddressGuard:
         trusted = self.trusts(host)
         for address in addresses:
             reason = address_refusal(address)
-            if reason is None or (trusted and address not in METADATA_ADDRESSES):
+            if reason is None or (trusted and not _is_metadata(address)):
                 continue
             if _is_literal(host):
                 raise Refused(f"{host} is {reason}")

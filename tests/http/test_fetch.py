@@ -136,6 +136,19 @@ async def test_allow_private_lets_private_addresses_through_but_never_the_metada
         await guard.resolve("https", "meta", 443)
 
 
+@pytest.mark.parametrize(
+    "form", ["::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1"]
+)
+async def test_the_metadata_address_is_refused_in_its_ipv6_forms_too(form: str) -> None:
+    dns = FakeDNS({"meta6": [form]})
+    for guard in (
+        AddressGuard(allow_private=True, resolver=dns),
+        AddressGuard(trusted_hosts=("meta6",), resolver=dns),
+    ):
+        with pytest.raises(Refused, match="meta6 resolves to"):
+            await guard.resolve("https", "meta6", 443)
+
+
 async def test_a_trusted_host_alone_may_be_private_and_use_http() -> None:
     dns = FakeDNS({"store.internal": ["10.0.0.7"], "other.internal": ["10.0.0.8"]})
     guard = AddressGuard(trusted_hosts=["Store.Internal."], resolver=dns)
