@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._config import DEFAULT_FILE_MAX_BODY_BYTES, ServiceConfig, check_option_names
-from ._core.spec import API_ATTR, SPEC_ATTR, PredictHook, ServiceSpec
+from ._core.spec import API_ATTR, SPEC_ATTR, PredictHook, ServiceSpec, joining_form
 from ._file import file_fields
 from ._server import ModelServer, io_models
 from .exceptions import ConfigError
@@ -76,7 +76,7 @@ def gpu_service(_cls: object = None, /, **options: Any) -> Callable[[S], S]:
 
 def check_predict(cls: type, config: ServiceConfig) -> None:
     """Refuse a class with no predict hook, or only ``predict`` where batches are asked for."""
-    if callable(getattr(cls, "step", None)):
+    if joining_form(cls):
         return  # the joining form (join, step, leave): ``PredictHook.of`` checks it
     has_single = callable(getattr(cls, "predict", None))
     has_batch = callable(getattr(cls, "predict_batch", None))

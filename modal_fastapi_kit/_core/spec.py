@@ -26,6 +26,7 @@ __all__ = [
     "PredictHook",
     "RouteNames",
     "ServiceSpec",
+    "joining_form",
     "service_spec",
 ]
 
@@ -64,6 +65,19 @@ class Api(Protocol):
 JOINING_HOOKS = ("join", "step", "leave")
 
 
+def joining_form(server_cls: type) -> bool:
+    """Whether the class streams in the joining form: it defines ``join``, ``step`` and
+    ``leave``, or ``step`` with neither ``predict`` nor ``predict_batch`` (then ``PredictHook``
+    says what is missing). A ``step`` beside a ``predict`` is the model's own helper."""
+    if not callable(getattr(server_cls, "step", None)):
+        return False
+    if all(callable(getattr(server_cls, name, None)) for name in JOINING_HOOKS):
+        return True
+    return not any(
+        callable(getattr(server_cls, name, None)) for name in ("predict", "predict_batch")
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class PredictHook:
     """Which predict hook the class defines, and its kind.
@@ -82,7 +96,7 @@ class PredictHook:
 
     @classmethod
     def of(cls, server_cls: type) -> PredictHook:
-        if callable(getattr(server_cls, "step", None)):
+        if joining_form(server_cls):
             return cls._joining(server_cls)
         name = (
             "predict_batch" if callable(getattr(server_cls, "predict_batch", None)) else "predict"

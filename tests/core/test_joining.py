@@ -411,3 +411,16 @@ async def test_a_step_that_answers_no_mapping_fails_its_items_with_what_to_retur
     with pytest.raises(PredictError, match="returned list; return a dict from each item's key"):
         await stream.next(5)
     await backend.stop()
+
+
+def test_a_step_helper_beside_predict_is_the_model_s_own_not_the_joining_form():
+    @gpu_service(name="with-a-step-helper")
+    class Diffuser(ModelServer[NumIn, NumOut]):
+        def step(self, latents: int) -> int:  # one denoising step, called by predict
+            return latents + 1
+
+        def predict(self, item: NumIn) -> NumOut:
+            return NumOut(y=self.step(item.x))
+
+    hook = service_spec(Diffuser).predict
+    assert (hook.name, hook.joining, hook.streaming) == ("predict", False, False)
