@@ -264,7 +264,9 @@ class ServiceClient(_Client[RequestT, ResponseT]):
             response.close()
             while True:
                 try:
-                    response = self._http.send(request, stream=stream, follow_redirects=False)
+                    response = self._http.send(
+                        request, stream=stream, follow_redirects=False, auth=None
+                    )
                     break
                 except httpx.TransportError as exc:
                     time.sleep(hops.after_error(request, exc))
@@ -410,7 +412,9 @@ class AsyncServiceClient(_Client[RequestT, ResponseT]):
             await response.aclose()
             while True:
                 try:
-                    response = await self._http.send(request, stream=stream, follow_redirects=False)
+                    response = await self._http.send(
+                        request, stream=stream, follow_redirects=False, auth=None
+                    )
                     break
                 except httpx.TransportError as exc:
                     await asyncio.sleep(hops.after_error(request, exc))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -30,7 +29,7 @@ import httpx
 from pydantic import ValidationError
 
 from .._jobs.status import JobState, JobStatus
-from .._protocol import ResponseT
+from .._protocol import IDEMPOTENCY_HEADER, WEBHOOK_HEADER, ResponseT, idempotency_key_ok
 from ..exceptions import ERROR_CODES, Retry, ServingError, UpstreamError
 from .answers import error_from_answer, retry_after_seconds
 from .attempts import FIRST_BACKOFF, MAX_BACKOFF, Attempts
@@ -53,11 +52,8 @@ __all__ = [
     "submission",
 ]
 
-IDEMPOTENCY_HEADER = "idempotency-key"
-WEBHOOK_HEADER = "webhook-url"
 MAX_POLL = 60.0  # the longest ?wait= one poll of the result route asks for
 POLL_MARGIN = 10.0  # seconds over a poll's wait that the client waits for its answer
-_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")  # what the service takes: printable ASCII
 EARLY_PAUSE = 1.0  # seconds between polls that the service answered at once, without Retry-After
 
 
@@ -177,7 +173,7 @@ def submission(
     _require_jobs(options)
     if idempotency_key is None:
         idempotency_key = os.urandom(16).hex()
-    elif not (isinstance(idempotency_key, str) and _KEY_RE.match(idempotency_key)):
+    elif not idempotency_key_ok(idempotency_key):
         raise ValueError(
             f"submit(idempotency_key={idempotency_key!r}) is invalid: use 1 to 255 printable "
             "ASCII characters without spaces that name this job (e.g. an order id), or None "

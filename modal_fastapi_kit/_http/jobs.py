@@ -25,7 +25,6 @@ and Modal's spawned calls.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -38,6 +37,7 @@ from .._file import files_in
 from .._jobs.service import JobService, Submission, job_canceled, owner_of
 from .._jobs.status import JobInfo, JobState, JobStatus, job_links
 from .._jobs.webhooks import check_webhook_address, check_webhook_url
+from .._protocol import IDEMPOTENCY_HEADER, REPLAYED_HEADER, WEBHOOK_HEADER, idempotency_key_ok
 from ..exceptions import ErrorCode, InputError
 from .auth import presented_key
 from .endpoint import annotate_item, answer_response, prepare_endpoint, url_fetcher
@@ -47,19 +47,9 @@ from .upload_call import take_uploads
 from .uploads import close_files
 from .waiting import ClientGone, wait_for_disconnect
 
-__all__ = [
-    "IDEMPOTENCY_HEADER",
-    "REPLAYED_HEADER",
-    "WEBHOOK_HEADER",
-    "add_job_routes",
-    "job_route_paths",
-]
+__all__ = ["add_job_routes", "job_route_paths"]
 
-IDEMPOTENCY_HEADER = "idempotency-key"
-WEBHOOK_HEADER = "webhook-url"
-REPLAYED_HEADER = "idempotent-replayed"
 RETRY_AFTER = "1"  # seconds a client waits before it asks about a job again
-_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -272,7 +262,7 @@ def job_route_paths(spec: ServiceSpec) -> list[str]:
 def _idempotency_key(given: str | None) -> str | None:
     if given is None:
         return None
-    if not _KEY_RE.match(given):
+    if not idempotency_key_ok(given):
         raise InputError(
             f"Idempotency-Key {given[:80]!r} is invalid: use 1 to 255 printable ASCII "
             "characters without spaces, e.g. a UUID",

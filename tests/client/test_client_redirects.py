@@ -260,6 +260,7 @@ def call(
     *,
     follow: bool = False,
     http_timeout: httpx.Timeout | None = None,
+    auth: httpx.Auth | None = None,
     **options: Any,
 ) -> Any:
     """``predict(NumIn(x=2))`` over ``script`` through a passed-in http client that follows
@@ -268,6 +269,8 @@ def call(
     transport = httpx.MockTransport(script)
     base = "http://svc.test"
     more: dict[str, Any] = {} if http_timeout is None else {"timeout": http_timeout}
+    if auth is not None:
+        more["auth"] = auth
     if kind == "sync":
         http = httpx.Client(transport=transport, base_url=base, follow_redirects=follow, **more)
         with http, ServiceClient(service, http_client=http, **options) as client:
@@ -316,6 +319,14 @@ def test_a_hop_to_another_origin_carries_no_key_and_none_of_the_headers(kind):
     assert hop.url.host == "elsewhere.test" and hop.headers["host"] == "elsewhere.test"
     assert "authorization" not in hop.headers and "modal-key" not in hop.headers
     assert hop.headers["x-request-id"] == script.requests[0].headers["x-request-id"]
+
+
+def test_a_borrowed_client_s_own_auth_does_not_follow_a_hop_to_another_origin(kind):
+    script = Script(see_other("https://elsewhere.test/double?__modal_function_call_id=f"), ok())
+    call(kind, script, auth=httpx.BasicAuth("user", "secret"))
+    post, hop = script.requests
+    assert post.headers["authorization"].startswith("Basic ")  # the client's own, as asked
+    assert "authorization" not in hop.headers
 
 
 def test_an_upgrade_to_https_on_the_same_host_keeps_the_key(kind):
