@@ -139,7 +139,8 @@ def _step(step: Callable[..., Any]) -> Callable[..., Any]:
 
         async def stepped_async(self: Any) -> Any:
             chats = _chats(self)
-            answer = chats.pieces(await step(self), chats.ended())
+            # no step for a service that holds no chat (one that ended at once is told here)
+            answer = chats.pieces(await step(self) if chats.joined else None, chats.ended())
             if early := chats.leaving_early():
                 await self.leave(early)
             return answer
@@ -148,7 +149,7 @@ def _step(step: Callable[..., Any]) -> Callable[..., Any]:
 
     def stepped(self: Any) -> Any:
         chats = _chats(self)
-        answer = chats.pieces(step(self), chats.ended())
+        answer = chats.pieces(step(self) if chats.joined else None, chats.ended())
         if early := chats.leaving_early():
             self.leave(early)
         return answer
