@@ -230,7 +230,10 @@ async def _body(
             size += len(piece)
             if size > cap:
                 _too_large(shown, f"passed {cap} bytes", cap, field)
-            spool.write(piece)
+            if size > SPOOL_BYTES:  # on disk now: the write may block, so not on the loop
+                await asyncio.to_thread(spool.write, piece)
+            else:
+                spool.write(piece)
         on_failure.pop_all()  # the File owns the spool from here
         return File.from_fileobj(spool, content_type=content_type, filename=filename)
 
