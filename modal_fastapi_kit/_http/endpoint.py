@@ -58,7 +58,10 @@ def url_fetcher(spec: ServiceSpec) -> Callable[[Any], Awaitable[None]]:
     """What downloads the files of an item given as URLs, before it is submitted."""
     config = spec.config
     return functools.partial(
-        fetch_urls, allow_private=config.allow_private_urls, max_bytes=config.max_body_bytes
+        fetch_urls,
+        allow_private=config.allow_private_urls,
+        max_bytes=config.max_body_bytes,
+        seconds=config.request_timeout,
     )
 
 

@@ -26,7 +26,9 @@ does not take, a 415 ``unsupported_media_type``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import email.message
 import json
 import mimetypes
@@ -226,24 +228,57 @@ def disposition_filename(header: str | None) -> str | None:
     return _base_name(name)
 
 
-async def fetch_urls(item: BaseModel, *, allow_private: bool, max_bytes: int) -> None:
+async def fetch_urls(
+    item: BaseModel, *, allow_private: bool, max_bytes: int, seconds: float
+) -> None:
     """Download every ``File`` of ``item`` given as a URL (``FileLimits(urls=True)``), within
-    its field's limits (``max_bytes`` where the field gives none: the route's body limit),
-    and check what came against them."""
+    its field's limits, and check what came against them. One request's URL files are bounded
+    together as a body is: at most ``LIST_PARTS`` of them, ``max_bytes`` (the route's body
+    limit) in all, all within ``seconds`` (its ``request_timeout``)."""
     pending = [
         (info.alias or name, file)
         for name, info in type(item).model_fields.items()
         for file in files_in(getattr(item, name, None))
         if file.url is not None
     ]
+    if not pending:
+        return
+    if len(pending) > LIST_PARTS:
+        raise InputError(
+            f"the request names {len(pending)} files by URL; it may name at most {LIST_PARTS}: "
+            "send the others in requests of their own",
+            status_code=422,
+            code=ErrorCode.FETCH_FAILED,
+        )
+    try:
+        await asyncio.wait_for(_fetch_all(pending, allow_private, max_bytes), seconds)
+    except asyncio.TimeoutError:
+        raise InputError(
+            f"the request's files given by URL did not all download within {seconds:g} s "
+            "(request_timeout)",
+            status_code=422,
+            code=ErrorCode.FETCH_FAILED,
+        ) from None
+
+
+async def _fetch_all(pending: list[tuple[str, File]], allow_private: bool, budget: int) -> None:
     for field, file in pending:
         url, limits = file.url, file.url_limits
         assert url is not None and limits is not None
-        fetched = await fetch_file(
-            url, limits=limits, allow_private=allow_private, field=field, max_bytes=max_bytes
-        )
+        if budget <= 0:
+            raise InputError(
+                f"the files given by URL pass the request's limit of their bytes together "
+                f"before '{field}'; send fewer, or smaller ones",
+                status_code=413,
+                code=ErrorCode.FILE_TOO_LARGE,
+            )
+        within = limits
+        if limits.max_bytes is None or limits.max_bytes > budget:
+            within = dataclasses.replace(limits, max_bytes=budget)
+        fetched = await fetch_file(url, limits=within, allow_private=allow_private, field=field)
         file.resolve(fetched)
         limits.check(file, field)
+        budget -= file.size
 
 
 def close_files(files: Iterable[File]) -> None:

@@ -39,7 +39,16 @@ from modal_fastapi_kit._http.upload_call import upload_call
 
 from .._servers import BIN, ThreadedServer, free_port, running, wait_ready
 from ..services import files
-from ..services.files import Album, Fetcher, GuardedFetcher, MiB, Pieces, Seer, Thumb
+from ..services.files import (
+    Album,
+    Fetcher,
+    GuardedFetcher,
+    ManyFetcher,
+    MiB,
+    Pieces,
+    Seer,
+    Thumb,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -335,6 +344,19 @@ def test_a_file_url_is_fetched_before_predict(site, service):
         refusal(too_big, 413, "file_too_large")
         a_page = httpx.post(url, json={"image": f"{site}/page"}, timeout=30)
         refusal(a_page, 415, "unsupported_media_type")
+
+
+def test_the_files_of_one_request_given_by_url_are_bounded_together(site):
+    assert len(PNG) * 4 < 4500 < len(PNG) * 5  # four fit in max_body_bytes, five do not
+    with ThreadedServer(ManyFetcher.asgi_app()) as served:
+        wait_ready(served.url)
+        url = f"{served.url}/fetch"
+        four = httpx.post(url, json={"images": [f"{site}/cat.png"] * 4}, timeout=30)
+        assert four.status_code == 200 and four.json() == {"sizes": [len(PNG)] * 4}
+        five = httpx.post(url, json={"images": [f"{site}/cat.png"] * 5}, timeout=30)
+        refusal(five, 413, "file_too_large")
+        many = httpx.post(url, json={"images": [f"{site}/cat.png"] * 65}, timeout=30)
+        assert "at most 64" in refusal(many, 422, "fetch_failed")
 
 
 # -- file answers --------------------------------------------------------------------------

@@ -174,3 +174,19 @@ class Fetcher(ModelServer[Linked, Got]):
 @gpu_service(name="guarded-fetcher", route="/fetch")
 class GuardedFetcher(Fetcher):
     """The same, with private addresses refused (the default)."""
+
+
+class LinkedMany(BaseModel):
+    images: list[Annotated[File, FileLimits(urls=True, content_types=("image/*",))]]
+
+
+class Sizes(BaseModel):
+    sizes: list[int]
+
+
+@gpu_service(name="many-fetcher", route="/fetch", allow_private_urls=True, max_body_bytes=4500)
+class ManyFetcher(ModelServer[LinkedMany, Sizes]):
+    """Takes a list of pictures by URL: together at most max_body_bytes, 64 of them."""
+
+    def predict(self, item: LinkedMany) -> Sizes:
+        return Sizes(sizes=[image.size for image in item.images])
