@@ -38,10 +38,8 @@ from .options import ClientOptions
 
 __all__ = [
     "EARLY_PAUSE",
-    "IDEMPOTENCY_HEADER",
     "MAX_POLL",
     "POLL_MARGIN",
-    "WEBHOOK_HEADER",
     "AsyncJobHandle",
     "AsyncSender",
     "JobHandle",
@@ -86,7 +84,8 @@ class JobRequest(Attempts):
     """One request of the job routes: ``method`` to the predict route's URL + ``path``, with
     ``body`` (a submission) or none, and the retries of any call (unsafe ones included).
 
-    ``timeout``: seconds for each attempt (default: the client's). ``answers``: whether an
+    ``timeout``: seconds for each attempt (default: the client's); ``retry_for``: seconds of
+    retries (default: the client's). ``answers``: whether an
     error answer is retried by its code; when False it is handed to the caller at once.
     ``poll``: a long-poll, whose ``retry_for`` starts at its first failure rather than when
     it was sent (a poll may wait a minute before its connection breaks).
@@ -103,6 +102,7 @@ class JobRequest(Attempts):
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        retry_for: float | None = None,
         accept: str = "application/json",
         answers: bool = True,
         poll: bool = False,
@@ -113,6 +113,7 @@ class JobRequest(Attempts):
             shown=options.shown + path,
             retry_unsafe=True,
             timeout=options.timeout if timeout is None else timeout,
+            retry_for=options.retry_for if retry_for is None else retry_for,
         )
         super().__init__(options, request_id, body or Body(), streaming=False)
         self.method = method
@@ -256,6 +257,7 @@ class ResultWait:
         self.state: JobState | None = None
         self._backoff = FIRST_BACKOFF
         self._failing_since: float | None = None
+        self._cut = False
 
     def left(self) -> float | None:
         return None if self.deadline is None else self.deadline - self._clock()
@@ -265,6 +267,9 @@ class ResultWait:
         left = self.left()
         wait = self.longest if left is None else max(0.0, min(left, self.longest))
         file = self.options.service.answers_file
+        retry_for = None if left is None else max(0.0, min(left, self.options.retry_for))
+        # a poll whose retries the timeout cuts short: its giving up is the timeout's
+        self._cut = retry_for is not None and retry_for < self.options.retry_for
         return JobRequest(
             self.options,
             None,
@@ -272,6 +277,7 @@ class ResultWait:
             path=job_path(self.job_id) + "/result",
             params={"wait": _wait_param(wait)},
             timeout=wait + POLL_MARGIN,
+            retry_for=retry_for,
             accept="*/*" if file else "application/json",
             answers=False,
             poll=True,
@@ -322,11 +328,35 @@ class ResultWait:
             self._failing_since = now
         wait = max(float(error.retry_after or 0), self._backoff)  # never a spin
         self._backoff = min(2 * self._backoff, MAX_BACKOFF)
+        if self.deadline is not None and now + wait > self.deadline:
+            raise self.timed_out() from error
         if now - self._failing_since + wait > self.options.retry_for:
             raise error
-        if self.deadline is not None and now + wait > self.deadline:
-            raise error
         return wait
+
+    def broken(self, exc: httpx.TransportError) -> float:
+        """Seconds to wait before polling again after a file answer's body broke off; the
+        failures of every poll count together against ``retry_for`` and the timeout."""
+        now = self._clock()
+        if self._failing_since is None:
+            self._failing_since = now
+        wait = self._backoff
+        self._backoff = min(2 * self._backoff, MAX_BACKOFF)
+        if self.deadline is not None and now + wait > self.deadline:
+            raise self.timed_out() from exc
+        if now - self._failing_since + wait > self.options.retry_for:
+            raise UpstreamError(
+                f"the answer of job {self.job_id!r} kept breaking off while it was read "
+                f"({type(exc).__name__}) for {self.options.retry_for:g} s (retry_for); "
+                f"collect it later with client.job({self.job_id!r}).result()"
+            ) from exc
+        return wait
+
+    def gave_up(self, error: ServingError) -> BaseException:
+        """What ``result`` raises when a poll's own retries gave up with ``error``: the
+        timeout's ``TimeoutError`` once it is spent, else ``error``."""
+        left = self.left()
+        return self.timed_out() if self._cut or (left is not None and left <= 0) else error
 
     def timed_out(self) -> TimeoutError:
         state = "" if self.state is None else f" (state: {self.state})"
@@ -412,6 +442,8 @@ class JobHandle(_Handle, Generic[ResponseT]):
                     raise answered.error from None
                 time.sleep(waiting.failed(answered.error, self.status()))
                 continue
+            except ServingError as exc:  # the poll's retries gave up (no connection)
+                raise waiting.gave_up(exc) from exc
             if response.status_code == 202:
                 response.read()
                 response.close()
@@ -419,13 +451,12 @@ class JobHandle(_Handle, Generic[ResponseT]):
                 asked = waiting.asked(call)
                 time.sleep(waiting.pending(status, response, asked, time.monotonic() - started))
                 continue
-            waiting.answered()
             if not file:
                 return cast("ResponseT", self._value(response, call))
             try:
                 return cast("ResponseT", read_file_answer(response))
             except httpx.TransportError as exc:
-                time.sleep(call.after_transport_error(exc))
+                time.sleep(waiting.broken(exc))
                 continue
 
 
@@ -461,6 +492,8 @@ class AsyncJobHandle(_Handle, Generic[ResponseT]):
                     raise answered.error from None
                 await asyncio.sleep(waiting.failed(answered.error, await self.status()))
                 continue
+            except ServingError as exc:  # the poll's retries gave up (no connection)
+                raise waiting.gave_up(exc) from exc
             if response.status_code == 202:
                 await response.aread()
                 await response.aclose()
@@ -469,11 +502,10 @@ class AsyncJobHandle(_Handle, Generic[ResponseT]):
                 took = time.monotonic() - started
                 await asyncio.sleep(waiting.pending(status, response, asked, took))
                 continue
-            waiting.answered()
             if not file:
                 return cast("ResponseT", self._value(response, call))
             try:
                 return cast("ResponseT", await aread_file_answer(response))
             except httpx.TransportError as exc:
-                await asyncio.sleep(call.after_transport_error(exc))
+                await asyncio.sleep(waiting.broken(exc))
                 continue

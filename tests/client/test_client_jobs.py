@@ -543,6 +543,26 @@ def test_a_poll_that_breaks_is_made_again(kind):
     assert len(routes.requests) == 2
 
 
+def test_a_file_result_that_keeps_breaking_off_ends_within_the_timeout(kind):
+    from .test_client_files import Broken
+
+    broken = [httpx.Response(200, stream=Broken()) for _ in range(100)]  # each read once
+    routes = Routes({("GET", "/flip/jobs/j-1/result"): broken})
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not end within result"):
+        use(kind, routes, on_job(kind, "result", 1.0), cls=Flip, retry_for=30)
+    assert time.monotonic() - began < 5  # not retry_for, and never for ever
+    assert 2 <= len(routes.requests) < 20  # with a backoff between the polls
+
+
+def test_polls_that_cannot_connect_end_with_the_timeout_not_retry_for(kind):
+    routes = Routes({("GET", "/double/jobs/j-1/result"): [httpx.ConnectError("refused")]})
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not end within result"):
+        use(kind, routes, on_job(kind, "result", 0.5), retry_for=30)
+    assert time.monotonic() - began < 5
+
+
 # --- end to end: a real server and its job routes ---
 
 GATE_SECONDS = 30
