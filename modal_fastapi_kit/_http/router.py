@@ -54,7 +54,7 @@ from .endpoint import (
     release_files,
     url_fetcher,
 )
-from .errors import ErrorBody, failure_response, request_id
+from .errors import REQUEST_ID_HEADER, ErrorBody, failure_response, request_id
 from .file_answer import close_after
 from .file_openapi import UPLOAD_ERRORS, FileBody, file_answer_responses, upload_docs
 from .health import HealthBody, liveness, readiness, register_service
@@ -233,6 +233,7 @@ PREDICT_API = PredictApi()
 def _endpoint(spec: ServiceSpec, backend: Backend) -> Any:
     late = late_error("a result", "request_timeout", spec.config.request_timeout)
     takes_files = bool(spec.files)
+    plain = not (takes_files or spec.answers_file)  # JSON in and out: the hot path, inline
     fetch = url_fetcher(spec)
 
     async def predict(request: Request, item: Any) -> Response:
@@ -248,6 +249,9 @@ def _endpoint(spec: ServiceSpec, backend: Backend) -> Any:
             if takes_files:
                 release_files(item, exc)
             return failure_response(exc, rid)
+        if plain:
+            body: bytes = result.__pydantic_serializer__.to_json(result)
+            return Response(body, media_type=_JSON, headers={REQUEST_ID_HEADER: rid})
         return answer_response(spec, result, rid, files_in(item) if takes_files else ())
 
     annotate_item(predict, spec.request_model)
